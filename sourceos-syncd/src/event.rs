@@ -1,0 +1,595 @@
+//! The event envelope: what one entry of the log holds, how it is sealed
+//! (hashed and linked to its predecessor) and how a stored entry is
+//! verified.
+//!
+//! Stored form (see `docs/storage.md`): a CBOR map whose last entry is
+//! `"hash": bytes(32)`. The hash is blake3 over the same map without that
+//! entry, i.e. over the stored bytes with the map header decremented and the
+//! trailing 39 bytes removed. Verification therefore hashes exactly the bytes
+//! on disk; no re-encoding is involved.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::codec::{self, DecodeError, EncodeError};
+use crate::ids::{
+    ActorId, DeviceId, Digest, EventId, EventKind, IdempotencyKey, InvalidValue, Seq, SessionRef,
+    Subject, Timestamp,
+};
+
+/// Largest payload accepted, in bytes of compact JSON. Larger documents
+/// belong in the evidence store and are referenced from the payload.
+pub const MAX_PAYLOAD_BYTES: usize = 4096;
+
+/// Largest stored envelope, in bytes. Chosen so that a full sled leaf of
+/// envelopes stays below sled's blob threshold (see `docs/storage.md`).
+pub const MAX_ENVELOPE_BYTES: usize = 6144;
+
+/// Domain string hashed to produce the genesis value: the `prev` hash of
+/// event 1.
+pub const GENESIS_DOMAIN: &[u8] = b"sourceos-syncd/genesis/v1";
+
+/// The fixed genesis value that the chain starts from.
+pub fn genesis() -> Digest {
+    Digest::of(GENESIS_DOMAIN)
+}
+
+/// CBOR encoding of the text key `"hash"` followed by a 32-byte byte string
+/// header: the fixed prefix of the last entry of every stored envelope.
+const HASH_ENTRY_PREFIX: [u8; 7] = [0x64, b'h', b'a', b's', b'h', 0x58, 0x20];
+const HASH_ENTRY_LEN: usize = HASH_ENTRY_PREFIX.len() + Digest::LEN;
+/// CBOR major type 5 (map) with an inline length.
+const MAP_HEADER_BASE: u8 = 0xa0;
+const MAP_HEADER_MAX_INLINE: u8 = 0xb7;
+
+/// A JSON object carried by an event. An absent payload and `{}` are the
+/// same value and are not stored.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Payload(Option<serde_json::Map<String, Value>>);
+
+impl Payload {
+    /// The empty payload.
+    pub fn empty() -> Self {
+        Self(None)
+    }
+
+    /// Validates a payload: a JSON object (or null), at most
+    /// [`MAX_PAYLOAD_BYTES`] bytes of compact JSON.
+    pub fn new(value: Value) -> Result<Self, InvalidValue> {
+        let payload = Self::from_value_unsized(value)?;
+        let len = payload.json_len();
+        if len > MAX_PAYLOAD_BYTES {
+            return Err(InvalidValue::TooLong {
+                what: "payload",
+                len,
+                max_bytes: MAX_PAYLOAD_BYTES,
+            });
+        }
+        Ok(payload)
+    }
+
+    fn from_value_unsized(value: Value) -> Result<Self, InvalidValue> {
+        match value {
+            Value::Null => Ok(Self(None)),
+            Value::Object(map) if map.is_empty() => Ok(Self(None)),
+            Value::Object(map) => Ok(Self(Some(map))),
+            other => Err(InvalidValue::Malformed {
+                what: "payload",
+                value: type_name(&other).to_owned(),
+                reason: "a payload is a JSON object",
+            }),
+        }
+    }
+
+    /// Length of the compact JSON text of this payload.
+    pub fn json_len(&self) -> usize {
+        let mut counter = ByteCounter(0);
+        match &self.0 {
+            // Writing into a counter cannot fail for a map of JSON values.
+            Some(map) => serde_json::to_writer(&mut counter, map).map_or(usize::MAX, |()| counter.0),
+            None => 2,
+        }
+    }
+
+    /// True when the payload is empty.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_none()
+    }
+
+    /// The payload as a JSON value (`{}` when empty).
+    pub fn to_value(&self) -> Value {
+        Value::Object(self.0.clone().unwrap_or_default())
+    }
+
+    /// The payload's fields, if any.
+    pub fn as_map(&self) -> Option<&serde_json::Map<String, Value>> {
+        self.0.as_ref()
+    }
+}
+
+struct ByteCounter(usize);
+
+impl std::io::Write for ByteCounter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0 = self.0.saturating_add(buf.len());
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn type_name(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+impl Serialize for Payload {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match &self.0 {
+            Some(map) => map.serialize(s),
+            None => serde_json::Map::new().serialize(s),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Payload {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        // The envelope's total size is bounded on read; only the shape is
+        // checked here so that decoding stays a single pass.
+        let v = Value::deserialize(d)?;
+        Payload::from_value_unsized(v).map_err(serde::de::Error::custom)
+    }
+}
+
+/// What a submitter asks to record; the log adds sequence, id, time,
+/// origin and hashes when it seals the event.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EventDraft {
+    /// Who or what caused the event.
+    pub actor: ActorId,
+    /// The event kind.
+    pub kind: EventKind,
+    /// What the event is about.
+    pub subject: Option<Subject>,
+    /// The session it belongs to.
+    pub session: Option<SessionRef>,
+    /// Makes resubmission idempotent.
+    pub idempotency_key: Option<IdempotencyKey>,
+    /// Kind-specific data.
+    pub payload: Payload,
+}
+
+impl EventDraft {
+    /// A draft with only the required fields.
+    pub fn new(actor: ActorId, kind: EventKind) -> Self {
+        Self {
+            actor,
+            kind,
+            subject: None,
+            session: None,
+            idempotency_key: None,
+            payload: Payload::empty(),
+        }
+    }
+}
+
+/// A sealed, stored event. Constructed only by sealing a draft or by
+/// verifying stored bytes, so every `Envelope` in memory has a hash that
+/// matches its content.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Envelope {
+    seq: Seq,
+    id: EventId,
+    at: Timestamp,
+    origin: DeviceId,
+    actor: ActorId,
+    kind: EventKind,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    subject: Option<Subject>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    session: Option<SessionRef>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    idem: Option<IdempotencyKey>,
+    #[serde(default, skip_serializing_if = "Payload::is_empty")]
+    payload: Payload,
+    prev: Digest,
+    hash: Digest,
+}
+
+/// The envelope without its own hash: the exact value that is hashed. Field
+/// names and order must match [`Envelope`].
+#[derive(Serialize)]
+struct Unsealed<'a> {
+    seq: Seq,
+    id: &'a EventId,
+    at: &'a Timestamp,
+    origin: &'a DeviceId,
+    actor: &'a ActorId,
+    kind: &'a EventKind,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    subject: &'a Option<Subject>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    session: &'a Option<SessionRef>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    idem: &'a Option<IdempotencyKey>,
+    #[serde(skip_serializing_if = "Payload::is_empty")]
+    payload: &'a Payload,
+    prev: &'a Digest,
+}
+
+/// What the log supplies when it seals a draft.
+#[derive(Debug, Clone)]
+pub(crate) struct SealContext {
+    pub seq: Seq,
+    pub id: EventId,
+    pub at: Timestamp,
+    pub origin: DeviceId,
+    pub prev: Digest,
+}
+
+/// Sealing failed: the draft cannot be stored.
+#[derive(Debug, thiserror::Error)]
+pub enum SealError {
+    /// The encoder failed.
+    #[error(transparent)]
+    Encode(#[from] EncodeError),
+    /// The sealed envelope would exceed [`MAX_ENVELOPE_BYTES`].
+    #[error("the event would take {len} bytes; at most {max_bytes} are allowed (move large data to evidence)")]
+    TooLarge {
+        /// Encoded size.
+        len: usize,
+        /// The bound.
+        max_bytes: usize,
+    },
+    /// The encoder produced a map header this format does not use.
+    #[error("unexpected CBOR map header {0:#04x} while sealing")]
+    UnexpectedHeader(u8),
+}
+
+/// How stored bytes fail to be a valid event. Each variant is durable
+/// damage: it is reported, never repaired.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EventDamage {
+    /// Not the framing of a stored envelope.
+    #[error("not a sealed envelope: {0}")]
+    Framing(&'static str),
+    /// The recomputed hash differs from the stored one.
+    #[error("content hash mismatch: stored {stored}, recomputed {computed}")]
+    HashMismatch {
+        /// Hash embedded in the record.
+        stored: Digest,
+        /// Hash of the record's bytes.
+        computed: Digest,
+    },
+    /// The bytes hash correctly but do not decode.
+    #[error(transparent)]
+    Decode(#[from] DecodeError),
+    /// The record is larger than any event may be.
+    #[error("record is {len} bytes; events are at most {max_bytes}")]
+    TooLarge {
+        /// Record size.
+        len: usize,
+        /// The bound.
+        max_bytes: usize,
+    },
+}
+
+impl Envelope {
+    /// Seals a draft: fills in what the log supplies, hashes, encodes.
+    /// Returns the envelope and its stored bytes.
+    pub(crate) fn seal(draft: EventDraft, ctx: SealContext) -> Result<(Self, Vec<u8>), SealError> {
+        let EventDraft {
+            actor,
+            kind,
+            subject,
+            session,
+            idempotency_key,
+            payload,
+        } = draft;
+        let unsealed = Unsealed {
+            seq: ctx.seq,
+            id: &ctx.id,
+            at: &ctx.at,
+            origin: &ctx.origin,
+            actor: &actor,
+            kind: &kind,
+            subject: &subject,
+            session: &session,
+            idem: &idempotency_key,
+            payload: &payload,
+            prev: &ctx.prev,
+        };
+        let mut bytes = Vec::with_capacity(320);
+        codec::encode_into("event envelope", &unsealed, &mut bytes)?;
+        let hash = Digest::of(&bytes);
+        let header = bytes.first().copied().unwrap_or(0);
+        if !(MAP_HEADER_BASE..MAP_HEADER_MAX_INLINE).contains(&header) {
+            return Err(SealError::UnexpectedHeader(header));
+        }
+        if let Some(first) = bytes.first_mut() {
+            *first = header + 1;
+        }
+        bytes.extend_from_slice(&HASH_ENTRY_PREFIX);
+        bytes.extend_from_slice(hash.as_bytes());
+        if bytes.len() > MAX_ENVELOPE_BYTES {
+            return Err(SealError::TooLarge {
+                len: bytes.len(),
+                max_bytes: MAX_ENVELOPE_BYTES,
+            });
+        }
+        let envelope = Envelope {
+            seq: ctx.seq,
+            id: ctx.id,
+            at: ctx.at,
+            origin: ctx.origin,
+            actor,
+            kind,
+            subject,
+            session,
+            idem: idempotency_key,
+            payload,
+            prev: ctx.prev,
+            hash,
+        };
+        Ok((envelope, bytes))
+    }
+
+    /// Verifies stored bytes and decodes them: the hash is recomputed over
+    /// the bytes themselves, then the envelope is decoded and checked to
+    /// carry that same hash.
+    pub fn verify(bytes: &[u8]) -> Result<Envelope, EventDamage> {
+        let stored = Self::check_hash(bytes)?;
+        let envelope: Envelope = codec::decode("event envelope", bytes)?;
+        if envelope.hash != stored {
+            return Err(EventDamage::Framing("decoded hash differs from the hash entry"));
+        }
+        Ok(envelope)
+    }
+
+    /// Decodes stored bytes without recomputing the hash (for trusted bulk
+    /// reads such as projection folds; `verify` is the integrity check).
+    pub fn decode_unverified(bytes: &[u8]) -> Result<Envelope, EventDamage> {
+        if bytes.len() > MAX_ENVELOPE_BYTES {
+            return Err(EventDamage::TooLarge {
+                len: bytes.len(),
+                max_bytes: MAX_ENVELOPE_BYTES,
+            });
+        }
+        Ok(codec::decode("event envelope", bytes)?)
+    }
+
+    /// Recomputes the hash of stored bytes and compares it with the stored
+    /// hash entry. Returns the hash.
+    pub fn check_hash(bytes: &[u8]) -> Result<Digest, EventDamage> {
+        if bytes.len() > MAX_ENVELOPE_BYTES {
+            return Err(EventDamage::TooLarge {
+                len: bytes.len(),
+                max_bytes: MAX_ENVELOPE_BYTES,
+            });
+        }
+        let body_len = bytes
+            .len()
+            .checked_sub(HASH_ENTRY_LEN)
+            .filter(|n| *n >= 1)
+            .ok_or(EventDamage::Framing("shorter than the hash entry"))?;
+        let header = *bytes.first().ok_or(EventDamage::Framing("empty record"))?;
+        if !(MAP_HEADER_BASE + 1..=MAP_HEADER_MAX_INLINE).contains(&header) {
+            return Err(EventDamage::Framing("does not start with a CBOR map header"));
+        }
+        let (body, tail) = bytes.split_at(body_len);
+        let (prefix, stored) = tail.split_at(HASH_ENTRY_PREFIX.len());
+        if prefix != HASH_ENTRY_PREFIX {
+            return Err(EventDamage::Framing("last entry is not the 32-byte hash"));
+        }
+        let stored =
+            Digest::from_slice(stored).map_err(|_| EventDamage::Framing("hash is not 32 bytes"))?;
+        let mut hasher = blake3::Hasher::new();
+        hasher.update(&[header - 1]);
+        hasher.update(body.get(1..).unwrap_or_default());
+        let computed = Digest::from_bytes(*hasher.finalize().as_bytes());
+        if computed != stored {
+            return Err(EventDamage::HashMismatch { stored, computed });
+        }
+        Ok(stored)
+    }
+
+    /// Sequence number.
+    pub fn seq(&self) -> Seq {
+        self.seq
+    }
+    /// Event id (UUID v7).
+    pub fn id(&self) -> EventId {
+        self.id
+    }
+    /// When it was recorded.
+    pub fn recorded_at(&self) -> Timestamp {
+        self.at
+    }
+    /// The device that recorded it.
+    pub fn origin(&self) -> &DeviceId {
+        &self.origin
+    }
+    /// Who caused it.
+    pub fn actor(&self) -> &ActorId {
+        &self.actor
+    }
+    /// Its kind.
+    pub fn kind(&self) -> &EventKind {
+        &self.kind
+    }
+    /// What it is about.
+    pub fn subject(&self) -> Option<&Subject> {
+        self.subject.as_ref()
+    }
+    /// Its session.
+    pub fn session(&self) -> Option<&SessionRef> {
+        self.session.as_ref()
+    }
+    /// Its idempotency key.
+    pub fn idempotency_key(&self) -> Option<&IdempotencyKey> {
+        self.idem.as_ref()
+    }
+    /// Its payload.
+    pub fn payload(&self) -> &Payload {
+        &self.payload
+    }
+    /// Hash of the previous event (the genesis value for event 1).
+    pub fn prev_hash(&self) -> Digest {
+        self.prev
+    }
+    /// Its own hash.
+    pub fn hash(&self) -> Digest {
+        self.hash
+    }
+
+    /// The event as the JSON document shown by `syncd log --json` and the
+    /// local API.
+    pub fn to_document(&self) -> EventDocument {
+        EventDocument {
+            seq: self.seq.get(),
+            id: self.id.to_string(),
+            recorded_at: self.at.to_string(),
+            origin_device: self.origin.to_string(),
+            actor: self.actor.to_string(),
+            kind: self.kind.to_string(),
+            subject: self.subject.as_ref().map(ToString::to_string),
+            session: self.session.as_ref().map(ToString::to_string),
+            idempotency_key: self.idem.as_ref().map(ToString::to_string),
+            payload: self.payload.to_value(),
+            prev_hash: self.prev.to_string(),
+            hash: self.hash.to_string(),
+        }
+    }
+}
+
+/// JSON form of an event, for people and other programs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EventDocument {
+    /// Sequence number, from 1.
+    pub seq: u64,
+    /// UUID v7.
+    pub id: String,
+    /// RFC 3339 UTC.
+    pub recorded_at: String,
+    /// Recording device.
+    pub origin_device: String,
+    /// Actor.
+    pub actor: String,
+    /// Kind.
+    pub kind: String,
+    /// Subject, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
+    /// Session, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub session: Option<String>,
+    /// Idempotency key, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<String>,
+    /// Payload object.
+    pub payload: Value,
+    /// `blake3:` hash of the previous event.
+    pub prev_hash: String,
+    /// `blake3:` hash of this event.
+    pub hash: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn ctx(seq: u64) -> SealContext {
+        SealContext {
+            seq: Seq::new(seq).unwrap(),
+            id: EventId::parse("01890a5d-ac96-774b-bcce-b302099a8057").unwrap(),
+            at: Timestamp::parse("2026-11-24T09:00:00Z").unwrap(),
+            origin: DeviceId::new("device:test").unwrap(),
+            prev: genesis(),
+        }
+    }
+
+    fn draft() -> EventDraft {
+        let mut d = EventDraft::new(
+            ActorId::new("actor:agent-one").unwrap(),
+            EventKind::new("object.created").unwrap(),
+        );
+        d.subject = Some(Subject::new("object:alpha").unwrap());
+        d.payload = Payload::new(json!({"title": "alpha", "blob": [1, 2, 3]})).unwrap();
+        d
+    }
+
+    #[test]
+    fn seal_then_verify_round_trips() {
+        let (env, bytes) = Envelope::seal(draft(), ctx(1)).unwrap();
+        let back = Envelope::verify(&bytes).unwrap();
+        assert_eq!(back, env);
+        // Binary fields are byte strings: the hash entry is at the end.
+        assert_eq!(&bytes[bytes.len() - 39..bytes.len() - 32], &HASH_ENTRY_PREFIX);
+    }
+
+    #[test]
+    fn hash_is_over_the_unsealed_encoding() {
+        let (env, bytes) = Envelope::seal(draft(), ctx(1)).unwrap();
+        let mut unsealed = bytes[..bytes.len() - 39].to_vec();
+        unsealed[0] -= 1;
+        assert_eq!(Digest::of(&unsealed), env.hash());
+    }
+
+    #[test]
+    fn every_single_byte_flip_is_detected() {
+        let (_, bytes) = Envelope::seal(draft(), ctx(7)).unwrap();
+        for i in 0..bytes.len() {
+            let mut damaged = bytes.clone();
+            damaged[i] ^= 0x01;
+            assert!(Envelope::verify(&damaged).is_err(), "flip at byte {i} went unnoticed");
+        }
+    }
+
+    #[test]
+    fn truncation_and_garbage_are_damage_not_panics() {
+        let (_, bytes) = Envelope::seal(draft(), ctx(2)).unwrap();
+        for len in 0..bytes.len() {
+            assert!(Envelope::verify(&bytes[..len]).is_err());
+        }
+        assert!(Envelope::verify(&[0xff; 100]).is_err());
+        assert!(Envelope::verify(&vec![0xa1; MAX_ENVELOPE_BYTES + 1]).is_err());
+    }
+
+    #[test]
+    fn payload_must_be_an_object_and_bounded() {
+        assert!(Payload::new(json!([1])).is_err());
+        assert!(Payload::new(json!("x")).is_err());
+        assert!(Payload::new(json!({})).unwrap().is_empty());
+        let big = "x".repeat(MAX_PAYLOAD_BYTES);
+        assert!(matches!(
+            Payload::new(json!({ "a": big })),
+            Err(InvalidValue::TooLong { .. })
+        ));
+    }
+
+    #[test]
+    fn largest_valid_draft_fits_the_envelope_bound() {
+        let mut d = EventDraft::new(
+            ActorId::new("a".repeat(ActorId::MAX_BYTES)).unwrap(),
+            EventKind::new("k".repeat(EventKind::MAX_BYTES)).unwrap(),
+        );
+        d.subject = Some(Subject::new("s".repeat(Subject::MAX_BYTES)).unwrap());
+        d.session = Some(SessionRef::new("s".repeat(SessionRef::MAX_BYTES)).unwrap());
+        d.idempotency_key = Some(IdempotencyKey::new("é".repeat(128)).unwrap());
+        // Largest payload: a single string filling the JSON bound.
+        let filler = "y".repeat(MAX_PAYLOAD_BYTES - 8);
+        d.payload = Payload::new(json!({ "a": filler })).unwrap();
+        let mut c = ctx(u64::MAX);
+        c.origin = DeviceId::new("d".repeat(DeviceId::MAX_BYTES)).unwrap();
+        assert!(Envelope::seal(d, c).is_ok());
+    }
+}

@@ -1,0 +1,36 @@
+//! sourceos-syncd: the local-first state integrity service of SourceOS.
+//!
+//! An append-only, hash-chained event log in sled is the only source of
+//! truth; every other piece of state is a projection folded from it and can
+//! be thrown away and rebuilt. This file is the crate's contract: modules
+//! are private and what other crates may use is re-exported here.
+
+mod clock;
+mod codec;
+// mod doctor;
+mod event;
+mod ids;
+// mod ingest;
+mod projection;
+// mod status;
+mod storage;
+mod store;
+
+pub use clock::{Clock, CountingIdGenerator, IdGenerator, SteppingClock, SystemClock, UuidV7Generator};
+pub use codec::{DecodeError, EncodeError};
+pub use event::{
+    genesis, EventDamage, EventDocument, EventDraft, Envelope, Payload, SealError, GENESIS_DOMAIN,
+    MAX_ENVELOPE_BYTES, MAX_PAYLOAD_BYTES,
+};
+pub use ids::{
+    ActorId, DeviceId, Digest, EventId, EventKind, IdempotencyKey, InvalidValue, ProfileId, Seq,
+    SessionRef, Subject, Timestamp,
+};
+pub use projection::summary::SummaryView;
+pub use projection::{Checkpoint, ProjectionError, ProjectionHealth, ProjectionStatus};
+pub use storage::{StorageError, StorageOptions, DERIVED_PREFIX, EVENTS_TREE, META_TREE};
+pub use store::{
+    db_dir, AppendError, AppendOutcome, Holder, InitOptions, OpenError, OpenOptions, Progress,
+    ReadError, RebuildError, RebuildReport, Store, StoreMeta, FORMAT_VERSION, MAX_COMMIT_EVENTS,
+    MAX_QUEUED_EVENTS, MAX_SUBMISSION_EVENTS,
+};

@@ -1,0 +1,668 @@
+//! The projection engine.
+//!
+//! A projection is a deterministic fold over events into one derived sled
+//! tree (`p.<name>`). It reads nothing but the events handed to it and its
+//! own records; it never reads the clock. Every record is stored framed with
+//! a checksum over tree name, key and payload, so that damage to derived
+//! state is detectable record by record. The projection's checkpoint (how
+//! far it has folded, and the hash of that event) lives in the same tree, so
+//! records and checkpoint are written by one atomic batch.
+//!
+//! Writes are staged in memory and flushed when the staging holds more than
+//! a bounded number of dirty records, or when the store closes. A crash only
+//! loses staged writes; the checkpoint then lags the log and the next open
+//! folds the missing events again.
+
+pub(crate) mod idempotency;
+pub(crate) mod subjects;
+pub(crate) mod summary;
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::codec::{self, DecodeError};
+use crate::event::Envelope;
+use crate::ids::{Digest, Seq};
+use crate::storage::{DerivedTree, StorageError, DERIVED_PREFIX};
+
+/// Key of the checkpoint record inside every projection tree.
+pub(crate) const CHECKPOINT_KEY: &[u8] = b"\x00checkpoint";
+/// Length of the checksum appended to every derived record.
+pub(crate) const CHECKSUM_LEN: usize = 8;
+/// Dirty records a projection may stage before it must flush.
+pub(crate) const MAX_STAGED_RECORDS: usize = 16_384;
+/// Records written per batch during a rebuild.
+const REBUILD_BATCH_RECORDS: usize = 8_192;
+
+/// Why a derived record or tree is unusable.
+#[derive(Debug, thiserror::Error)]
+pub enum ProjectionError {
+    /// A stored record failed its checksum or did not decode.
+    #[error("derived record damaged in {tree} at key {key}: {reason}")]
+    Damaged {
+        /// The tree.
+        tree: String,
+        /// The key, hex-encoded.
+        key: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The storage engine failed.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    /// An event handed to the fold could not be read.
+    #[error("event {seq} cannot be folded: {reason}")]
+    BadEvent {
+        /// Its sequence number.
+        seq: u64,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// A deterministic fold over events into records of one derived tree.
+pub(crate) trait Projection: Send + Sync {
+    /// Stable name; the tree is `p.<name>`.
+    fn name(&self) -> &'static str;
+    /// Format version of the records; a change forces a rebuild.
+    fn version(&self) -> u32;
+    /// Folds one event into the staged state.
+    fn apply(&self, event: &Envelope, state: &mut Staging) -> Result<(), ProjectionError>;
+    /// Checks that a record's payload decodes as this projection's record.
+    fn check_record(&self, key: &[u8], payload: &[u8]) -> Result<(), String>;
+}
+
+/// How far a projection has folded the log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Checkpoint {
+    /// Record format version of the projection.
+    pub version: u32,
+    /// Last folded sequence number; 0 before the first event.
+    pub seq: u64,
+    /// Hash of that event (the genesis value when `seq` is 0).
+    pub head: Digest,
+}
+
+/// Hex of a key, for messages.
+pub(crate) fn key_hex(key: &[u8]) -> String {
+    const SHOW_BYTES: usize = 48;
+    let mut out = String::new();
+    for b in key.iter().take(SHOW_BYTES) {
+        out.push_str(&format!("{b:02x}"));
+    }
+    if key.len() > SHOW_BYTES {
+        out.push('…');
+    }
+    out
+}
+
+fn checksum(tree: &str, key: &[u8], payload: &[u8]) -> [u8; CHECKSUM_LEN] {
+    let mut h = blake3::Hasher::new();
+    h.update(tree.as_bytes());
+    h.update(&[0]);
+    h.update(&(key.len() as u64).to_be_bytes());
+    h.update(key);
+    h.update(payload);
+    let mut out = [0u8; CHECKSUM_LEN];
+    out.copy_from_slice(h.finalize().as_bytes().get(..CHECKSUM_LEN).unwrap_or(&[0; 8]));
+    out
+}
+
+/// Frames a payload for storage: payload followed by its checksum.
+pub(crate) fn frame(tree: &str, key: &[u8], payload: &[u8]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(payload.len() + CHECKSUM_LEN);
+    v.extend_from_slice(payload);
+    v.extend_from_slice(&checksum(tree, key, payload));
+    v
+}
+
+/// Checks a stored record's checksum and returns its payload.
+pub(crate) fn unframe<'a>(tree: &str, key: &[u8], value: &'a [u8]) -> Result<&'a [u8], String> {
+    let split = value
+        .len()
+        .checked_sub(CHECKSUM_LEN)
+        .ok_or_else(|| format!("record of {} bytes is shorter than its checksum", value.len()))?;
+    let (payload, sum) = value.split_at(split);
+    if sum != checksum(tree, key, payload) {
+        return Err("checksum mismatch".to_owned());
+    }
+    Ok(payload)
+}
+
+/// The staged state of one projection: dirty records over an optional base
+/// tree. With no base (a fresh fold) the staging is the whole state.
+pub(crate) struct Staging {
+    tree_name: String,
+    base: Option<DerivedTree>,
+    dirty: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+}
+
+impl Staging {
+    fn new(tree_name: String, base: Option<DerivedTree>) -> Self {
+        Self {
+            tree_name,
+            base,
+            dirty: BTreeMap::new(),
+        }
+    }
+
+    fn load(&self, key: &[u8]) -> Result<Option<Vec<u8>>, ProjectionError> {
+        let Some(base) = &self.base else {
+            return Ok(None);
+        };
+        match base.get(key)? {
+            None => Ok(None),
+            Some(raw) => unframe(&self.tree_name, key, &raw)
+                .map(|p| Some(p.to_vec()))
+                .map_err(|reason| ProjectionError::Damaged {
+                    tree: self.tree_name.clone(),
+                    key: key_hex(key),
+                    reason,
+                }),
+        }
+    }
+
+    /// Reads a record's payload.
+    pub(crate) fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, ProjectionError> {
+        match self.dirty.get(key) {
+            Some(v) => Ok(v.clone()),
+            None => self.load(key),
+        }
+    }
+
+    /// A mutable slot for a record, loaded from the base on first use.
+    /// Setting it to `None` deletes the record.
+    pub(crate) fn entry(&mut self, key: &[u8]) -> Result<&mut Option<Vec<u8>>, ProjectionError> {
+        if !self.dirty.contains_key(key) {
+            let loaded = self.load(key)?;
+            self.dirty.insert(key.to_vec(), loaded);
+        }
+        self.dirty
+            .get_mut(key)
+            .ok_or_else(|| ProjectionError::Damaged {
+                tree: self.tree_name.clone(),
+                key: key_hex(key),
+                reason: "staged record vanished".to_owned(),
+            })
+    }
+
+    /// Stages a record.
+    pub(crate) fn put(&mut self, key: Vec<u8>, payload: Vec<u8>) {
+        self.dirty.insert(key, Some(payload));
+    }
+
+    /// Every record of the projection (base merged with staged writes).
+    /// Only for projections whose size does not grow with the log.
+    pub(crate) fn scan_all(&self) -> Result<BTreeMap<Vec<u8>, Vec<u8>>, ProjectionError> {
+        let mut out = BTreeMap::new();
+        if let Some(base) = &self.base {
+            for pair in base.iter() {
+                let (k, v) = pair?;
+                if k.as_slice() == CHECKPOINT_KEY {
+                    continue;
+                }
+                let payload = unframe(&self.tree_name, &k, &v).map_err(|reason| {
+                    ProjectionError::Damaged {
+                        tree: self.tree_name.clone(),
+                        key: key_hex(&k),
+                        reason,
+                    }
+                })?;
+                out.insert(k.clone(), payload.to_vec());
+            }
+        }
+        for (k, v) in &self.dirty {
+            match v {
+                Some(v) => out.insert(k.clone(), v.clone()),
+                None => out.remove(k),
+            };
+        }
+        Ok(out)
+    }
+
+    fn dirty_len(&self) -> usize {
+        self.dirty.len()
+    }
+
+    /// Takes the staged writes, framed for storage.
+    fn take_framed(&mut self) -> Vec<(Vec<u8>, Option<Vec<u8>>)> {
+        let tree = self.tree_name.clone();
+        std::mem::take(&mut self.dirty)
+            .into_iter()
+            .map(|(k, v)| {
+                let framed = v.map(|p| frame(&tree, &k, &p));
+                (k, framed)
+            })
+            .collect()
+    }
+
+    /// For a fresh fold: the complete state as key -> payload.
+    fn into_state(self) -> BTreeMap<Vec<u8>, Vec<u8>> {
+        self.dirty
+            .into_iter()
+            .filter_map(|(k, v)| v.map(|v| (k, v)))
+            .collect()
+    }
+}
+
+/// Health of one projection as the engine sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProjectionHealth {
+    /// Folded up to the log head.
+    Current,
+    /// Consistent but behind the log (after a crash, or in a read-only
+    /// inspection).
+    Behind {
+        /// Checkpoint sequence.
+        at: u64,
+    },
+    /// Unusable until rebuilt.
+    Damaged {
+        /// Why.
+        reason: String,
+    },
+}
+
+impl ProjectionHealth {
+    /// Short label for status documents.
+    pub fn label(&self) -> &'static str {
+        match self {
+            ProjectionHealth::Current => "current",
+            ProjectionHealth::Behind { .. } => "behind",
+            ProjectionHealth::Damaged { .. } => "damaged",
+        }
+    }
+}
+
+/// One projection with its tree and staged state.
+struct Slot {
+    projection: Box<dyn Projection>,
+    staging: Staging,
+    tree: Option<DerivedTree>,
+    applied: Checkpoint,
+    health: ProjectionHealth,
+}
+
+/// What opening reports about a projection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProjectionStatus {
+    /// Projection name.
+    pub name: &'static str,
+    /// Tree name.
+    pub tree: String,
+    /// Applied checkpoint (in memory, may be ahead of what is flushed).
+    pub checkpoint_seq: u64,
+    /// Health.
+    pub health: ProjectionHealth,
+}
+
+/// Reads a checkpoint record from a tree.
+pub(crate) fn read_checkpoint(tree: &DerivedTree) -> Result<Option<Checkpoint>, String> {
+    let raw = tree.get(CHECKPOINT_KEY).map_err(|e| e.to_string())?;
+    let Some(raw) = raw else { return Ok(None) };
+    let payload = unframe(tree.name(), CHECKPOINT_KEY, &raw)?;
+    codec::decode::<Checkpoint>("checkpoint", payload)
+        .map(Some)
+        .map_err(|e: DecodeError| e.to_string())
+}
+
+fn checkpoint_payload(cp: &Checkpoint) -> Result<Vec<u8>, ProjectionError> {
+    codec::encode("checkpoint", cp).map_err(|e| ProjectionError::BadEvent {
+        seq: cp.seq,
+        reason: e.to_string(),
+    })
+}
+
+/// Tree name of a projection.
+pub(crate) fn tree_name(projection: &str) -> String {
+    format!("{DERIVED_PREFIX}{projection}")
+}
+
+/// The built-in projections, in fold order.
+pub(crate) fn builtin() -> Vec<Box<dyn Projection>> {
+    vec![
+        Box::new(idempotency::IdempotencyIndex),
+        Box::new(subjects::SubjectIndex),
+        Box::new(summary::Summary),
+    ]
+}
+
+/// The set of projections of an open store.
+pub(crate) struct Engine {
+    slots: Vec<Slot>,
+}
+
+/// The log head as the engine needs it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Head {
+    pub seq: u64,
+    pub hash: Digest,
+}
+
+impl Engine {
+    /// Attaches the projections to their trees without folding anything.
+    /// `hash_at` returns the stored hash of an event, to check that a
+    /// checkpoint names an event that is really in the log.
+    pub(crate) fn attach(
+        projections: Vec<Box<dyn Projection>>,
+        trees: impl Fn(&str) -> Result<Option<DerivedTree>, StorageError>,
+        head: Head,
+        hash_at: impl Fn(u64) -> Option<Digest>,
+        genesis: Digest,
+    ) -> Result<Self, StorageError> {
+        let mut slots = Vec::with_capacity(projections.len());
+        for projection in projections {
+            let name = tree_name(projection.name());
+            let tree = trees(&name)?;
+            let (applied, health) = match &tree {
+                None => (
+                    Checkpoint {
+                        version: projection.version(),
+                        seq: 0,
+                        head: genesis,
+                    },
+                    ProjectionHealth::Damaged {
+                        reason: format!("tree {name} is missing"),
+                    },
+                ),
+                Some(t) => assess(projection.as_ref(), t, head, &hash_at, genesis),
+            };
+            slots.push(Slot {
+                staging: Staging::new(name, tree.clone()),
+                projection,
+                tree,
+                applied,
+                health,
+            });
+        }
+        Ok(Self { slots })
+    }
+
+    pub(crate) fn statuses(&self) -> Vec<ProjectionStatus> {
+        self.slots
+            .iter()
+            .map(|s| ProjectionStatus {
+                name: s.projection.name(),
+                tree: s.staging.tree_name.clone(),
+                checkpoint_seq: s.applied.seq,
+                health: s.health.clone(),
+            })
+            .collect()
+    }
+
+    pub(crate) fn names(&self) -> Vec<&'static str> {
+        self.slots.iter().map(|s| s.projection.name()).collect()
+    }
+
+    /// First damaged projection, if any.
+    pub(crate) fn first_damage(&self) -> Option<(&'static str, String)> {
+        self.slots.iter().find_map(|s| match &s.health {
+            ProjectionHealth::Damaged { reason } => Some((s.projection.name(), reason.clone())),
+            _ => None,
+        })
+    }
+
+    /// Lowest checkpoint among usable projections that are behind.
+    pub(crate) fn lowest_behind(&self) -> Option<u64> {
+        self.slots
+            .iter()
+            .filter_map(|s| match s.health {
+                ProjectionHealth::Behind { at } => Some(at),
+                _ => None,
+            })
+            .min()
+    }
+
+    /// Folds committed events into every usable projection whose checkpoint
+    /// is below them, flushing staged writes when they exceed the bound.
+    pub(crate) fn apply(&mut self, events: &[Envelope], log_head: u64) -> Result<(), ProjectionError> {
+        for slot in &mut self.slots {
+            if matches!(slot.health, ProjectionHealth::Damaged { .. }) {
+                continue;
+            }
+            for ev in events {
+                if ev.seq().get() <= slot.applied.seq {
+                    continue;
+                }
+                if let Err(e) = slot.projection.apply(ev, &mut slot.staging) {
+                    slot.health = ProjectionHealth::Damaged {
+                        reason: e.to_string(),
+                    };
+                    return Err(e);
+                }
+                slot.applied.seq = ev.seq().get();
+                slot.applied.head = ev.hash();
+            }
+            slot.health = if slot.applied.seq >= log_head {
+                ProjectionHealth::Current
+            } else {
+                ProjectionHealth::Behind {
+                    at: slot.applied.seq,
+                }
+            };
+            if slot.staging.dirty_len() >= MAX_STAGED_RECORDS {
+                flush_slot(slot)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes all staged records and checkpoints.
+    pub(crate) fn flush(&mut self) -> Result<(), ProjectionError> {
+        for slot in &mut self.slots {
+            if matches!(slot.health, ProjectionHealth::Damaged { .. }) {
+                continue;
+            }
+            flush_slot(slot)?;
+        }
+        Ok(())
+    }
+
+    /// The staged state of a projection, for typed queries.
+    pub(crate) fn staging(&self, name: &str) -> Option<&Staging> {
+        self.slots
+            .iter()
+            .find(|s| s.projection.name() == name && s.health == ProjectionHealth::Current)
+            .map(|s| &s.staging)
+    }
+
+    /// Health of one projection.
+    pub(crate) fn health(&self, name: &str) -> Option<&ProjectionHealth> {
+        self.slots
+            .iter()
+            .find(|s| s.projection.name() == name)
+            .map(|s| &s.health)
+    }
+
+    /// Replaces the named projections' trees with a fresh fold. `fold`
+    /// yields the fresh state per projection. The checkpoint is removed
+    /// first and written last, so a crash in between leaves a projection
+    /// that the next open reports as damaged rather than a half-written one
+    /// that claims to be current.
+    pub(crate) fn install_fresh(
+        &mut self,
+        name: &str,
+        fresh: FreshState,
+        tree: DerivedTree,
+    ) -> Result<u64, ProjectionError> {
+        let Some(slot) = self.slots.iter_mut().find(|s| s.projection.name() == name) else {
+            return Ok(0);
+        };
+        let checkpoint = fresh.checkpoint;
+        let written = write_fresh(&tree, fresh)?;
+        let tree_name = slot.staging.tree_name.clone();
+        slot.staging = Staging::new(tree_name, Some(tree.clone()));
+        slot.tree = Some(tree);
+        slot.applied = checkpoint;
+        slot.health = ProjectionHealth::Current;
+        Ok(written)
+    }
+
+}
+
+/// Replaces a tree's content with a fresh fold's state. The tree is
+/// cleared first (removing the checkpoint) and the checkpoint is written in
+/// the last batch, so a crash in between leaves a tree without checkpoint,
+/// which the next open reports as damaged.
+pub(crate) fn write_fresh(tree: &DerivedTree, fresh: FreshState) -> Result<u64, ProjectionError> {
+    tree.clear()?;
+    let tree_name = tree.name().to_owned();
+    let mut written = 0u64;
+    let mut batch = Vec::with_capacity(REBUILD_BATCH_RECORDS);
+    for (k, v) in fresh.records {
+        if k.as_slice() == CHECKPOINT_KEY {
+            continue;
+        }
+        let framed = frame(&tree_name, &k, &v);
+        batch.push((k, Some(framed)));
+        if batch.len() >= REBUILD_BATCH_RECORDS {
+            written += batch.len() as u64;
+            tree.apply(std::mem::take(&mut batch))?;
+        }
+    }
+    let cp = checkpoint_payload(&fresh.checkpoint)?;
+    batch.push((CHECKPOINT_KEY.to_vec(), Some(frame(&tree_name, CHECKPOINT_KEY, &cp))));
+    written += batch.len() as u64;
+    tree.apply(batch)?;
+    Ok(written)
+}
+
+fn flush_slot(slot: &mut Slot) -> Result<(), ProjectionError> {
+    let Some(tree) = &slot.tree else {
+        return Ok(());
+    };
+    let mut writes = slot.staging.take_framed();
+    let cp = checkpoint_payload(&slot.applied)?;
+    writes.push((
+        CHECKPOINT_KEY.to_vec(),
+        Some(frame(tree.name(), CHECKPOINT_KEY, &cp)),
+    ));
+    tree.apply(writes)?;
+    Ok(())
+}
+
+fn assess(
+    projection: &dyn Projection,
+    tree: &DerivedTree,
+    head: Head,
+    hash_at: &impl Fn(u64) -> Option<Digest>,
+    genesis: Digest,
+) -> (Checkpoint, ProjectionHealth) {
+    let empty = Checkpoint {
+        version: projection.version(),
+        seq: 0,
+        head: genesis,
+    };
+    let damaged = |reason: String| (empty, ProjectionHealth::Damaged { reason });
+    let cp = match read_checkpoint(tree) {
+        Err(e) => return damaged(format!("checkpoint unreadable: {e}")),
+        Ok(None) => return damaged("checkpoint missing".to_owned()),
+        Ok(Some(cp)) => cp,
+    };
+    if cp.version != projection.version() {
+        return damaged(format!(
+            "record format {} but this build writes {}",
+            cp.version,
+            projection.version()
+        ));
+    }
+    if cp.seq > head.seq {
+        return damaged(format!(
+            "checkpoint at {} is ahead of the log head {}",
+            cp.seq, head.seq
+        ));
+    }
+    let expected = if cp.seq == 0 { Some(genesis) } else { hash_at(cp.seq) };
+    if expected != Some(cp.head) {
+        return damaged(format!(
+            "checkpoint names hash {} at {} but the log has {}",
+            cp.head,
+            cp.seq,
+            expected.map_or_else(|| "no readable event".to_owned(), |h| h.to_string())
+        ));
+    }
+    let health = if cp.seq == head.seq {
+        ProjectionHealth::Current
+    } else {
+        ProjectionHealth::Behind { at: cp.seq }
+    };
+    (cp, health)
+}
+
+/// The complete state of a projection produced by a fresh fold.
+pub(crate) struct FreshState {
+    /// key -> payload, including the checkpoint record.
+    pub records: BTreeMap<Vec<u8>, Vec<u8>>,
+    /// The checkpoint of the fold.
+    pub checkpoint: Checkpoint,
+}
+
+/// A fold of the whole log into fresh, in-memory state, for rebuild and for
+/// the doctor's comparison. One pass over the events serves every
+/// projection being folded.
+pub(crate) struct FreshFold {
+    parts: Vec<(Box<dyn Projection>, Staging, Checkpoint)>,
+}
+
+impl FreshFold {
+    pub(crate) fn new(names: &[&str], genesis: Digest) -> Self {
+        let parts = builtin()
+            .into_iter()
+            .filter(|p| names.contains(&p.name()))
+            .map(|p| {
+                let cp = Checkpoint {
+                    version: p.version(),
+                    seq: 0,
+                    head: genesis,
+                };
+                let staging = Staging::new(tree_name(p.name()), None);
+                (p, staging, cp)
+            })
+            .collect();
+        Self { parts }
+    }
+
+    pub(crate) fn apply(&mut self, ev: &Envelope) -> Result<(), ProjectionError> {
+        for (p, staging, cp) in &mut self.parts {
+            p.apply(ev, staging)?;
+            cp.seq = ev.seq().get();
+            cp.head = ev.hash();
+        }
+        Ok(())
+    }
+
+    pub(crate) fn finish(self) -> Result<Vec<(&'static str, FreshState)>, ProjectionError> {
+        let mut out = Vec::with_capacity(self.parts.len());
+        for (p, staging, cp) in self.parts {
+            let mut records = staging.into_state();
+            records.insert(CHECKPOINT_KEY.to_vec(), checkpoint_payload(&cp)?);
+            out.push((
+                p.name(),
+                FreshState {
+                    records,
+                    checkpoint: cp,
+                },
+            ));
+        }
+        Ok(out)
+    }
+}
+
+/// Looks up a built-in projection by name (for the doctor's record checks).
+pub(crate) fn builtin_named(name: &str) -> Option<Box<dyn Projection>> {
+    builtin().into_iter().find(|p| p.name() == name)
+}
+
+/// Parses the 8-byte big-endian numbers that several projections store.
+pub(crate) fn read_u64(bytes: &[u8]) -> Option<u64> {
+    let arr: [u8; 8] = bytes.get(..8)?.try_into().ok()?;
+    Some(u64::from_be_bytes(arr))
+}
+
+/// Sequence numbers packed as 8-byte big-endian values.
+pub(crate) fn unpack_seqs(bytes: &[u8]) -> impl Iterator<Item = Option<Seq>> + '_ {
+    bytes
+        .chunks(8)
+        .map(|c| read_u64(c).and_then(|n| Seq::new(n).ok()))
+}

@@ -1,0 +1,401 @@
+//! The storage boundary: the only module that touches sled.
+//!
+//! It exposes a narrow surface (the durable `events` and `meta` trees, named
+//! derived trees, and a durable sync) so that another embedded engine could
+//! replace sled without touching the log, the projections or the doctor.
+//! Every sled call that is known to panic on damaged files runs inside
+//! `catch_unwind` here and comes back as a typed error.
+
+use std::fs::File;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Name of the durable event tree.
+pub const EVENTS_TREE: &str = "events";
+/// Name of the durable metadata tree.
+pub const META_TREE: &str = "meta";
+/// Prefix of every derived (projection) tree.
+pub const DERIVED_PREFIX: &str = "p.";
+
+/// How many times opening retries a lock that looks held (a fresh
+/// directory can briefly report its own lock as held).
+const LOCK_RETRIES: u32 = 6;
+const LOCK_RETRY_BASE_MS: u64 = 15;
+
+/// A failure of the storage engine.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    /// Another process holds the database lock.
+    #[error("the store at {path} is locked by another process")]
+    Locked {
+        /// The database directory.
+        path: PathBuf,
+    },
+    /// The engine reported an I/O or corruption error.
+    #[error("storage engine error on {path}: {source}")]
+    Engine {
+        /// The database directory.
+        path: PathBuf,
+        /// The engine's error.
+        #[source]
+        source: sled::Error,
+    },
+    /// The engine panicked; the files are probably damaged.
+    #[error("storage engine failed while {doing} {path} (the database files are probably damaged): {message}")]
+    Panicked {
+        /// What was being done.
+        doing: &'static str,
+        /// The database directory.
+        path: PathBuf,
+        /// The panic message.
+        message: String,
+    },
+    /// Making data durable failed at the file system level.
+    #[error("cannot make {path} durable: {source}")]
+    Sync {
+        /// The file that failed to sync.
+        path: PathBuf,
+        /// The operating system's error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Options for opening the database.
+#[derive(Debug, Clone)]
+pub struct StorageOptions {
+    /// Upper bound of sled's page cache, in bytes.
+    pub cache_capacity_bytes: u64,
+}
+
+impl Default for StorageOptions {
+    fn default() -> Self {
+        Self {
+            cache_capacity_bytes: 64 * 1024 * 1024,
+        }
+    }
+}
+
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "unknown panic".to_owned()
+    }
+}
+
+/// The open database: durable trees, derived trees and the files to fsync.
+#[derive(Clone)]
+pub(crate) struct Storage {
+    db: sled::Db,
+    events: sled::Tree,
+    meta: sled::Tree,
+    dir: PathBuf,
+}
+
+/// One derived tree, by name.
+#[derive(Clone)]
+pub(crate) struct DerivedTree {
+    name: String,
+    tree: sled::Tree,
+    dir: PathBuf,
+}
+
+/// A raw key/value pair read from a tree.
+pub(crate) type RawPair = (Vec<u8>, Vec<u8>);
+
+impl Storage {
+    /// Opens the database in `dir`, creating it if absent.
+    pub(crate) fn open(dir: &Path, options: &StorageOptions) -> Result<Self, StorageError> {
+        let mut attempt = 0;
+        loop {
+            match Self::open_once(dir, options) {
+                Err(StorageError::Locked { .. }) if attempt < LOCK_RETRIES => {
+                    attempt += 1;
+                    std::thread::sleep(Duration::from_millis(
+                        LOCK_RETRY_BASE_MS << attempt.min(4),
+                    ));
+                }
+                other => return other,
+            }
+        }
+    }
+
+    fn open_once(dir: &Path, options: &StorageOptions) -> Result<Self, StorageError> {
+        let config = sled::Config::new()
+            .path(dir)
+            .cache_capacity(options.cache_capacity_bytes)
+            .create_new(false);
+        let opened = catch_unwind(AssertUnwindSafe(|| config.open())).map_err(|p| {
+            StorageError::Panicked {
+                doing: "opening",
+                path: dir.to_path_buf(),
+                message: panic_message(p.as_ref()),
+            }
+        })?;
+        let db = opened.map_err(|e| classify(dir, e))?;
+        let events = guarded(dir, "opening the events tree of", || db.open_tree(EVENTS_TREE))?;
+        let meta = guarded(dir, "opening the meta tree of", || db.open_tree(META_TREE))?;
+        Ok(Self {
+            db,
+            events,
+            meta,
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    pub(crate) fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Makes everything written so far durable: sled's flush (which only
+    /// calls `sync_file_range`) followed by `fsync` of the database file and
+    /// of any blob files.
+    pub(crate) fn sync_durable(&self) -> Result<(), StorageError> {
+        guarded(&self.dir, "flushing", || self.db.flush())?;
+        let db_file = self.dir.join("db");
+        let f = File::open(&db_file).map_err(|source| StorageError::Sync {
+            path: db_file.clone(),
+            source,
+        })?;
+        f.sync_all().map_err(|source| StorageError::Sync {
+            path: db_file,
+            source,
+        })?;
+        // sled writes pages larger than a quarter segment as separate blob
+        // files without syncing them. Event size bounds keep event pages
+        // below that, but sync any blob that exists rather than trust it.
+        let blobs = self.dir.join("blobs");
+        if let Ok(entries) = std::fs::read_dir(&blobs) {
+            for entry in entries.flatten() {
+                let path = entry.path();
+                let synced = File::open(&path).and_then(|f| f.sync_all());
+                synced.map_err(|source| StorageError::Sync { path, source })?;
+            }
+            sync_dir(&blobs)?;
+        }
+        Ok(())
+    }
+
+    // ---- events (durable, append-only) ----
+
+    pub(crate) fn event_get(&self, key: [u8; 8]) -> Result<Option<Vec<u8>>, StorageError> {
+        guarded(&self.dir, "reading events of", || self.events.get(key))
+            .map(|v| v.map(|v| v.to_vec()))
+    }
+
+    pub(crate) fn event_last(&self) -> Result<Option<RawPair>, StorageError> {
+        guarded(&self.dir, "reading the last event of", || self.events.last())
+            .map(|v| v.map(|(k, v)| (k.to_vec(), v.to_vec())))
+    }
+
+    pub(crate) fn event_count(&self) -> usize {
+        self.events.len()
+    }
+
+    /// Iterates events with keys at or after `from`.
+    pub(crate) fn events_from(
+        &self,
+        from: [u8; 8],
+    ) -> impl Iterator<Item = Result<RawPair, StorageError>> + '_ {
+        GuardedIter {
+            inner: self.events.range(from..),
+            dir: &self.dir,
+            done: false,
+        }
+    }
+
+    /// Inserts new events. The caller guarantees the keys are new and
+    /// contiguous; nothing else in the crate writes to `events`.
+    pub(crate) fn events_append(&self, batch: Vec<([u8; 8], Vec<u8>)>) -> Result<(), StorageError> {
+        let mut b = sled::Batch::default();
+        for (k, v) in batch {
+            b.insert(&k, v);
+        }
+        guarded(&self.dir, "appending events to", || self.events.apply_batch(b))
+    }
+
+    // ---- meta (durable) ----
+
+    pub(crate) fn meta_get(&self, key: &str) -> Result<Option<Vec<u8>>, StorageError> {
+        guarded(&self.dir, "reading meta of", || self.meta.get(key))
+            .map(|v| v.map(|v| v.to_vec()))
+    }
+
+    pub(crate) fn meta_put_all(&self, entries: Vec<(&str, Vec<u8>)>) -> Result<(), StorageError> {
+        let mut b = sled::Batch::default();
+        for (k, v) in entries {
+            b.insert(k.as_bytes(), v);
+        }
+        guarded(&self.dir, "writing meta of", || self.meta.apply_batch(b))
+    }
+
+    pub(crate) fn meta_is_empty(&self) -> bool {
+        self.meta.is_empty()
+    }
+
+    // ---- derived trees ----
+
+    /// Names of all derived trees present in the database.
+    pub(crate) fn derived_tree_names(&self) -> Vec<String> {
+        self.db
+            .tree_names()
+            .into_iter()
+            .filter_map(|n| String::from_utf8(n.to_vec()).ok())
+            .filter(|n| n.starts_with(DERIVED_PREFIX))
+            .collect()
+    }
+
+    pub(crate) fn has_tree(&self, name: &str) -> bool {
+        self.db.tree_names().iter().any(|n| n.as_ref() == name.as_bytes())
+    }
+
+    /// Opens (creating if absent) a derived tree.
+    pub(crate) fn derived(&self, name: &str) -> Result<DerivedTree, StorageError> {
+        let tree = guarded(&self.dir, "opening a derived tree of", || self.db.open_tree(name))?;
+        Ok(DerivedTree {
+            name: name.to_owned(),
+            tree,
+            dir: self.dir.clone(),
+        })
+    }
+
+    /// Drops a derived tree entirely. Refuses durable trees.
+    pub(crate) fn drop_derived(&self, name: &str) -> Result<bool, StorageError> {
+        if !name.starts_with(DERIVED_PREFIX) {
+            return Ok(false);
+        }
+        guarded(&self.dir, "dropping a derived tree of", || self.db.drop_tree(name))
+    }
+}
+
+impl DerivedTree {
+    pub(crate) fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub(crate) fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
+        guarded(&self.dir, "reading a derived tree of", || self.tree.get(key))
+            .map(|v| v.map(|v| v.to_vec()))
+    }
+
+    pub(crate) fn iter(&self) -> impl Iterator<Item = Result<RawPair, StorageError>> + '_ {
+        GuardedIter {
+            inner: self.tree.iter(),
+            dir: &self.dir,
+            done: false,
+        }
+    }
+
+    /// Applies puts (`Some`) and deletes (`None`) atomically.
+    pub(crate) fn apply(
+        &self,
+        writes: impl IntoIterator<Item = (Vec<u8>, Option<Vec<u8>>)>,
+    ) -> Result<(), StorageError> {
+        let mut b = sled::Batch::default();
+        for (k, v) in writes {
+            match v {
+                Some(v) => b.insert(k, v),
+                None => b.remove(k),
+            }
+        }
+        guarded(&self.dir, "writing a derived tree of", || self.tree.apply_batch(b))
+    }
+
+    pub(crate) fn clear(&self) -> Result<(), StorageError> {
+        guarded(&self.dir, "clearing a derived tree of", || self.tree.clear())
+    }
+
+    /// Raw write for damage-injection tools and tests: no framing applied.
+    pub(crate) fn raw_insert(&self, key: &[u8], value: &[u8]) -> Result<(), StorageError> {
+        guarded(&self.dir, "writing a derived tree of", || {
+            self.tree.insert(key, value).map(|_| ())
+        })
+    }
+
+    pub(crate) fn raw_remove(&self, key: &[u8]) -> Result<(), StorageError> {
+        guarded(&self.dir, "writing a derived tree of", || {
+            self.tree.remove(key).map(|_| ())
+        })
+    }
+}
+
+struct GuardedIter<'a> {
+    inner: sled::Iter,
+    dir: &'a Path,
+    done: bool,
+}
+
+impl Iterator for GuardedIter<'_> {
+    type Item = Result<RawPair, StorageError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.done {
+            return None;
+        }
+        let step = catch_unwind(AssertUnwindSafe(|| self.inner.next()));
+        let item = match step {
+            Ok(None) => None,
+            Ok(Some(Ok((k, v)))) => Some(Ok((k.to_vec(), v.to_vec()))),
+            Ok(Some(Err(e))) => Some(Err(classify(self.dir, e))),
+            Err(p) => Some(Err(StorageError::Panicked {
+                doing: "iterating",
+                path: self.dir.to_path_buf(),
+                message: panic_message(p.as_ref()),
+            })),
+        };
+        if !matches!(item, Some(Ok(_))) {
+            self.done = true;
+        }
+        item
+    }
+}
+
+fn guarded<T>(
+    dir: &Path,
+    doing: &'static str,
+    f: impl FnOnce() -> sled::Result<T>,
+) -> Result<T, StorageError> {
+    match catch_unwind(AssertUnwindSafe(f)) {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(classify(dir, e)),
+        Err(p) => Err(StorageError::Panicked {
+            doing,
+            path: dir.to_path_buf(),
+            message: panic_message(p.as_ref()),
+        }),
+    }
+}
+
+fn classify(dir: &Path, e: sled::Error) -> StorageError {
+    let is_lock = match &e {
+        sled::Error::Io(io) => {
+            io.kind() == std::io::ErrorKind::WouldBlock
+                || io.to_string().contains("could not acquire lock")
+        }
+        _ => false,
+    };
+    if is_lock {
+        StorageError::Locked {
+            path: dir.to_path_buf(),
+        }
+    } else {
+        StorageError::Engine {
+            path: dir.to_path_buf(),
+            source: e,
+        }
+    }
+}
+
+/// `fsync` of a directory, so that new entries in it are durable.
+pub(crate) fn sync_dir(dir: &Path) -> Result<(), StorageError> {
+    File::open(dir)
+        .and_then(|f| f.sync_all())
+        .map_err(|source| StorageError::Sync {
+            path: dir.to_path_buf(),
+            source,
+        })
+}

@@ -1,0 +1,1068 @@
+//! The store: a home directory holding the sled database, opened for use.
+//!
+//! It owns the append path (sealing, group commit, durability), the read
+//! paths over the log, and the projection engine. Appends are durable before
+//! they are acknowledged: the events batch is applied, sled is flushed and
+//! the database file is fsynced, then projections fold the new events and
+//! every waiting submitter gets its outcome. Concurrent submitters are
+//! group-committed: whichever thread takes the commit lock first commits
+//! everything queued at that moment with one flush and one fsync.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+
+use serde::{Deserialize, Serialize};
+
+use crate::clock::{Clock, IdGenerator, SystemClock, UuidV7Generator};
+use crate::codec;
+use crate::event::{genesis, EventDamage, EventDraft, Envelope, SealContext};
+use crate::ids::{DeviceId, Digest, IdempotencyKey, InvalidValue, ProfileId, Seq, Subject, Timestamp};
+use crate::projection::{
+    self, idempotency, subjects, summary, Engine, FreshFold, Head, ProjectionError,
+    ProjectionHealth, ProjectionStatus,
+};
+use crate::storage::{Storage, StorageError, StorageOptions};
+
+/// On-disk format version written to `meta`.
+pub const FORMAT_VERSION: u32 = 1;
+/// Events one submission may carry.
+pub const MAX_SUBMISSION_EVENTS: usize = 4_096;
+/// Events one group commit may take.
+pub const MAX_COMMIT_EVENTS: usize = 4_096;
+/// Events that may wait in the commit queue; submitters beyond it block.
+pub const MAX_QUEUED_EVENTS: usize = 16_384;
+/// Events folded per step while catching up or rebuilding.
+const FOLD_CHUNK_EVENTS: usize = 4_096;
+
+const META_FORMAT: &str = "format_version";
+const META_DEVICE: &str = "device_id";
+const META_PROFILE: &str = "profile";
+const META_GENESIS: &str = "genesis";
+const META_CREATED: &str = "created_at";
+const OWNER_FILE: &str = "owner.json";
+
+/// Durable metadata of a store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreMeta {
+    /// Format version.
+    pub format_version: u32,
+    /// This device.
+    pub device: DeviceId,
+    /// The profile this store belongs to.
+    pub profile: ProfileId,
+    /// The chain's starting value.
+    pub genesis: Digest,
+    /// When the store was created.
+    pub created_at: Timestamp,
+}
+
+/// Options for creating a store.
+#[derive(Debug, Clone)]
+pub struct InitOptions {
+    /// Device id; generated when absent.
+    pub device: Option<DeviceId>,
+    /// Profile.
+    pub profile: ProfileId,
+}
+
+/// Options for opening a store.
+#[derive(Clone)]
+pub struct OpenOptions {
+    /// Fold events that projections have not seen yet (after a crash).
+    /// The doctor opens without it so that it sees the state as it is.
+    pub catch_up: bool,
+    /// Storage engine options.
+    pub storage: StorageOptions,
+    /// Time source for recording times.
+    pub clock: Arc<dyn Clock>,
+    /// Event id source.
+    pub ids: Arc<dyn IdGenerator>,
+}
+
+impl Default for OpenOptions {
+    fn default() -> Self {
+        Self {
+            catch_up: true,
+            storage: StorageOptions::default(),
+            clock: Arc::new(SystemClock),
+            ids: Arc::new(UuidV7Generator),
+        }
+    }
+}
+
+impl std::fmt::Debug for OpenOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OpenOptions")
+            .field("catch_up", &self.catch_up)
+            .field("storage", &self.storage)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Who holds a store, as recorded in `HOME/owner.json` by the holder.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Holder {
+    /// Process id.
+    pub pid: u32,
+    /// What it was running.
+    pub command: String,
+    /// Since when.
+    pub since: String,
+}
+
+/// Opening a store failed.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// There is no store in the home.
+    #[error("no store at {home}: run `syncd init` first")]
+    NotInitialized {
+        /// The home directory.
+        home: PathBuf,
+    },
+    /// A store already exists where one was to be created.
+    #[error("a store already exists at {home}")]
+    AlreadyInitialized {
+        /// The home directory.
+        home: PathBuf,
+    },
+    /// Another process holds the store.
+    #[error("the store at {home} is in use by {}", holder.as_ref().map_or_else(|| "another process".to_owned(), |h| format!("process {} ({}) since {}", h.pid, h.command, h.since)))]
+    Locked {
+        /// The home directory.
+        home: PathBuf,
+        /// The holder, if it left its name.
+        holder: Option<Holder>,
+    },
+    /// Durable metadata is missing or unreadable.
+    #[error("store metadata in {home} is damaged: {reason}")]
+    MetaDamaged {
+        /// The home directory.
+        home: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The store was written by a newer or unknown format.
+    #[error("store at {home} has format version {found}; this build reads version {FORMAT_VERSION}")]
+    UnsupportedFormat {
+        /// The home directory.
+        home: PathBuf,
+        /// The version found.
+        found: u32,
+    },
+    /// The home directory cannot be created or used.
+    #[error("cannot use home directory {home}: {source}")]
+    Home {
+        /// The home directory.
+        home: PathBuf,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The storage engine failed.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    /// Catching projections up failed.
+    #[error("cannot bring derived state up to date: {0}")]
+    CatchUp(#[source] ProjectionError),
+}
+
+/// What happened to one submitted event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AppendOutcome {
+    /// Recorded and durable.
+    Appended {
+        /// Its sequence number.
+        seq: Seq,
+        /// Its hash.
+        hash: Digest,
+        /// Its id.
+        id: crate::ids::EventId,
+    },
+    /// Its idempotency key was seen before; nothing was recorded.
+    Duplicate {
+        /// Sequence number of the original.
+        seq: Seq,
+        /// Hash of the original.
+        hash: Digest,
+    },
+    /// It cannot be recorded as submitted; nothing was recorded.
+    Rejected {
+        /// Why.
+        reason: String,
+    },
+}
+
+/// Appending failed as a whole; nothing in the failed submission was
+/// acknowledged.
+#[derive(Debug, thiserror::Error)]
+pub enum AppendError {
+    /// Too many events in one submission.
+    #[error("a submission may carry at most {MAX_SUBMISSION_EVENTS} events, got {0}")]
+    TooMany(usize),
+    /// The log is damaged at its head; appending would extend a broken chain.
+    #[error("the log is damaged ({0}); run `syncd doctor`")]
+    LogDamaged(String),
+    /// The idempotency index is unusable, so duplicates cannot be detected.
+    #[error("derived state is damaged ({0}); run `syncd doctor --repair`")]
+    DerivedDamaged(String),
+    /// An earlier write failed; the store refuses writes until reopened.
+    #[error("the store refused writes after an earlier failure: {0}")]
+    Poisoned(String),
+    /// The storage engine failed; the submission was not acknowledged.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    /// The sequence space is exhausted.
+    #[error("the log has reached the largest sequence number")]
+    Exhausted,
+}
+
+/// Reading the log failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    /// The storage engine failed.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    /// A stored event is damaged.
+    #[error("event at sequence {seq} is damaged: {damage}")]
+    Damaged {
+        /// Where.
+        seq: u64,
+        /// What.
+        #[source]
+        damage: EventDamage,
+    },
+    /// A stored key is not a sequence number.
+    #[error("events tree holds a key that is not a sequence number: {0}")]
+    BadKey(#[source] InvalidValue),
+    /// The subject index is not usable.
+    #[error("subject index unavailable: {0}")]
+    Index(String),
+}
+
+/// Rebuilding projections failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RebuildError {
+    /// No projection has that name.
+    #[error("no projection named {name:?}; known: {known}")]
+    UnknownProjection {
+        /// The name asked for.
+        name: String,
+        /// The known names.
+        known: String,
+    },
+    /// The log is damaged; a rebuild from it would carry the damage over.
+    #[error("the log is damaged, refusing to rebuild from it: {0}")]
+    LogDamaged(String),
+    /// Reading the log failed.
+    #[error(transparent)]
+    Read(#[from] ReadError),
+    /// Writing the projection failed.
+    #[error(transparent)]
+    Projection(#[from] ProjectionError),
+    /// The store's state lock is unusable.
+    #[error("the store is unusable after an earlier failure: {0}")]
+    Poisoned(String),
+}
+
+/// What a rebuild did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RebuildReport {
+    /// Events folded.
+    pub events: u64,
+    /// Per projection: records written.
+    pub projections: Vec<(String, u64)>,
+}
+
+/// State of the log's head as found on open.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum LogState {
+    Sound,
+    Damaged(String),
+}
+
+struct Request {
+    drafts: Mutex<Option<Vec<EventDraft>>>,
+    result: Mutex<Option<Result<Vec<AppendOutcome>, String>>>,
+    len: usize,
+}
+
+#[derive(Default)]
+struct Queue {
+    requests: Vec<Arc<Request>>,
+    queued_events: usize,
+}
+
+struct WriteState {
+    head: Head,
+    engine: Engine,
+    log: LogState,
+    poisoned: Option<String>,
+}
+
+struct Inner {
+    home: PathBuf,
+    storage: Storage,
+    meta: StoreMeta,
+    clock: Arc<dyn Clock>,
+    ids: Arc<dyn IdGenerator>,
+    queue: Mutex<Queue>,
+    queue_space: Condvar,
+    state: Mutex<WriteState>,
+}
+
+/// An open store. Cheap to clone; clones share one database handle, one
+/// commit queue and one projection engine.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+/// Progress callback for long operations: (done, total).
+pub type Progress<'a> = &'a mut dyn FnMut(u64, u64);
+
+/// The database directory inside a home.
+pub fn db_dir(home: &Path) -> PathBuf {
+    home.join("db")
+}
+
+fn is_initialized(home: &Path) -> bool {
+    db_dir(home).join("conf").is_file()
+}
+
+fn read_holder(home: &Path) -> Option<Holder> {
+    let text = std::fs::read_to_string(home.join(OWNER_FILE)).ok()?;
+    let holder: Holder = serde_json::from_str(&text).ok()?;
+    // Only report a holder that is still alive.
+    if Path::new(&format!("/proc/{}", holder.pid)).exists() {
+        Some(holder)
+    } else {
+        None
+    }
+}
+
+fn write_holder(home: &Path, now: Timestamp) {
+    let holder = Holder {
+        pid: std::process::id(),
+        command: std::env::args().take(3).collect::<Vec<_>>().join(" "),
+        since: now.to_string(),
+    };
+    if let Ok(text) = serde_json::to_string(&holder) {
+        // Best effort: the holder file only improves a lock message.
+        if let Err(e) = std::fs::write(home.join(OWNER_FILE), text) {
+            tracing::debug!(error = %e, "cannot write holder file");
+        }
+    }
+}
+
+fn map_open(home: &Path, e: StorageError) -> OpenError {
+    match e {
+        StorageError::Locked { .. } => OpenError::Locked {
+            home: home.to_path_buf(),
+            holder: read_holder(home),
+        },
+        other => OpenError::Storage(other),
+    }
+}
+
+fn lock<'a, T>(m: &'a Mutex<T>) -> Result<MutexGuard<'a, T>, String> {
+    m.lock()
+        .map_err(|_| "internal state lock poisoned by an earlier failure".to_owned())
+}
+
+fn generated_device() -> Result<DeviceId, InvalidValue> {
+    let host = std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|h| {
+            h.trim()
+                .chars()
+                .filter(|c| c.is_ascii_alphanumeric() || *c == '-')
+                .take(40)
+                .collect::<String>()
+        })
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "host".to_owned());
+    // A random suffix keeps two machines with the same host name apart.
+    let random = uuid::Uuid::now_v7().simple().to_string();
+    let suffix = random.get(random.len().saturating_sub(8)..).unwrap_or("0");
+    DeviceId::new(format!("device:{host}-{suffix}"))
+}
+
+impl Store {
+    /// Creates a new store in `home` and opens it.
+    pub fn init(home: &Path, init: InitOptions, options: OpenOptions) -> Result<Store, OpenError> {
+        if is_initialized(home) {
+            return Err(OpenError::AlreadyInitialized {
+                home: home.to_path_buf(),
+            });
+        }
+        std::fs::create_dir_all(home).map_err(|source| OpenError::Home {
+            home: home.to_path_buf(),
+            source,
+        })?;
+        let storage = Storage::open(&db_dir(home), &options.storage).map_err(|e| map_open(home, e))?;
+        if !storage.meta_is_empty() || storage.event_last()?.is_some() {
+            return Err(OpenError::AlreadyInitialized {
+                home: home.to_path_buf(),
+            });
+        }
+        let meta = StoreMeta {
+            format_version: FORMAT_VERSION,
+            device: match init.device {
+                Some(d) => d,
+                None => generated_device().map_err(|e| OpenError::MetaDamaged {
+                    home: home.to_path_buf(),
+                    reason: format!("cannot derive a device id: {e}"),
+                })?,
+            },
+            profile: init.profile,
+            genesis: genesis(),
+            created_at: options.clock.now(),
+        };
+        let enc = |what, v: &dyn erased::Enc| v.enc(what);
+        storage.meta_put_all(vec![
+            (META_FORMAT, enc("format version", &meta.format_version)?),
+            (META_DEVICE, enc("device id", &meta.device)?),
+            (META_PROFILE, enc("profile", &meta.profile)?),
+            (META_GENESIS, enc("genesis", &meta.genesis)?),
+            (META_CREATED, enc("creation time", &meta.created_at)?),
+        ])?;
+        // Empty projections with checkpoints at 0, so that a missing tree
+        // later is recognisably damage.
+        let names: Vec<&'static str> = projection::builtin().iter().map(|p| p.name()).collect();
+        let fresh = FreshFold::new(&names, meta.genesis)
+            .finish()
+            .map_err(OpenError::CatchUp)?;
+        for (name, state) in fresh {
+            let tree = storage.derived(&projection::tree_name(name))?;
+            projection::write_fresh(&tree, state).map_err(OpenError::CatchUp)?;
+        }
+        storage.sync_durable()?;
+        crate::storage::sync_dir(home)?;
+        drop(storage);
+        Store::open(home, options)
+    }
+
+    /// Opens an existing store.
+    pub fn open(home: &Path, options: OpenOptions) -> Result<Store, OpenError> {
+        if !is_initialized(home) {
+            return Err(OpenError::NotInitialized {
+                home: home.to_path_buf(),
+            });
+        }
+        let storage = Storage::open(&db_dir(home), &options.storage).map_err(|e| map_open(home, e))?;
+        let meta = read_meta(home, &storage)?;
+        write_holder(home, options.clock.now());
+
+        let (head, log) = match storage.event_last()? {
+            None => (
+                Head {
+                    seq: 0,
+                    hash: meta.genesis,
+                },
+                LogState::Sound,
+            ),
+            Some((k, v)) => match (Seq::from_key(&k), Envelope::verify(&v)) {
+                (Ok(seq), Ok(env)) if env.seq() == seq => (
+                    Head {
+                        seq: seq.get(),
+                        hash: env.hash(),
+                    },
+                    LogState::Sound,
+                ),
+                (Ok(seq), Ok(env)) => (
+                    Head {
+                        seq: seq.get(),
+                        hash: env.hash(),
+                    },
+                    LogState::Damaged(format!(
+                        "event stored at {seq} says it is {}",
+                        env.seq()
+                    )),
+                ),
+                (Ok(seq), Err(d)) => (
+                    Head {
+                        seq: seq.get(),
+                        hash: meta.genesis,
+                    },
+                    LogState::Damaged(format!("head event {seq}: {d}")),
+                ),
+                (Err(e), _) => (
+                    Head {
+                        seq: 0,
+                        hash: meta.genesis,
+                    },
+                    LogState::Damaged(format!("last key: {e}")),
+                ),
+            },
+        };
+
+        let hash_at = |seq: u64| -> Option<Digest> {
+            let s = Seq::new(seq).ok()?;
+            let raw = storage.event_get(s.to_key()).ok()??;
+            Envelope::check_hash(&raw).ok()
+        };
+        let trees = |name: &str| -> Result<_, StorageError> {
+            if storage.has_tree(name) {
+                storage.derived(name).map(Some)
+            } else {
+                Ok(None)
+            }
+        };
+        let engine = Engine::attach(projection::builtin(), trees, head, hash_at, meta.genesis)?;
+        let store = Store {
+            inner: Arc::new(Inner {
+                home: home.to_path_buf(),
+                storage,
+                meta,
+                clock: options.clock,
+                ids: options.ids,
+                queue: Mutex::new(Queue::default()),
+                queue_space: Condvar::new(),
+                state: Mutex::new(WriteState {
+                    head,
+                    engine,
+                    log,
+                    poisoned: None,
+                }),
+            }),
+        };
+        if options.catch_up {
+            store.catch_up().map_err(OpenError::CatchUp)?;
+        }
+        Ok(store)
+    }
+
+    /// Folds events that usable projections have not seen yet.
+    fn catch_up(&self) -> Result<(), ProjectionError> {
+        let mut st = lock(&self.inner.state).map_err(|reason| ProjectionError::BadEvent {
+            seq: 0,
+            reason,
+        })?;
+        if st.log != LogState::Sound {
+            return Ok(());
+        }
+        let Some(lowest) = st.engine.lowest_behind() else {
+            return Ok(());
+        };
+        let head = st.head.seq;
+        let mut chunk = Vec::with_capacity(FOLD_CHUNK_EVENTS);
+        let from = Seq::new(lowest + 1).map_err(|e| ProjectionError::BadEvent {
+            seq: lowest + 1,
+            reason: e.to_string(),
+        })?;
+        for item in self.inner.storage.events_from(from.to_key()) {
+            let (k, v) = item?;
+            let seq = Seq::from_key(&k).map(Seq::get).unwrap_or(0);
+            let env = Envelope::verify(&v).map_err(|d| ProjectionError::BadEvent {
+                seq,
+                reason: d.to_string(),
+            })?;
+            chunk.push(env);
+            if chunk.len() >= FOLD_CHUNK_EVENTS {
+                st.engine.apply(&chunk, head)?;
+                chunk.clear();
+            }
+        }
+        st.engine.apply(&chunk, head)?;
+        st.engine.flush()?;
+        Ok(())
+    }
+
+    /// The home directory.
+    pub fn home(&self) -> &Path {
+        &self.inner.home
+    }
+
+    /// Durable metadata.
+    pub fn meta(&self) -> &StoreMeta {
+        &self.inner.meta
+    }
+
+    /// The time source of this store (for documents that carry a time).
+    pub fn now(&self) -> Timestamp {
+        self.inner.clock.now()
+    }
+
+    /// Current head: sequence (0 when empty) and hash (genesis when empty).
+    pub fn head(&self) -> Result<(u64, Digest), String> {
+        let st = lock(&self.inner.state)?;
+        Ok((st.head.seq, st.head.hash))
+    }
+
+    /// Appends one event and waits until it is durable.
+    pub fn append(&self, draft: EventDraft) -> Result<AppendOutcome, AppendError> {
+        let mut out = self.append_many(vec![draft])?;
+        out.pop().ok_or_else(|| AppendError::Poisoned("empty commit result".into()))
+    }
+
+    /// Appends events in order and waits until all of them are durable.
+    /// Outcomes are returned in submission order. Concurrent callers share
+    /// one flush and fsync.
+    pub fn append_many(&self, drafts: Vec<EventDraft>) -> Result<Vec<AppendOutcome>, AppendError> {
+        let n = drafts.len();
+        if n > MAX_SUBMISSION_EVENTS {
+            return Err(AppendError::TooMany(n));
+        }
+        if n == 0 {
+            return Ok(Vec::new());
+        }
+        let request = Arc::new(Request {
+            drafts: Mutex::new(Some(drafts)),
+            result: Mutex::new(None),
+            len: n,
+        });
+        {
+            let mut q = lock(&self.inner.queue).map_err(AppendError::Poisoned)?;
+            while q.queued_events + n > MAX_QUEUED_EVENTS && !q.requests.is_empty() {
+                q = self
+                    .inner
+                    .queue_space
+                    .wait(q)
+                    .map_err(|_| AppendError::Poisoned("commit queue lock poisoned".into()))?;
+            }
+            q.queued_events += n;
+            q.requests.push(Arc::clone(&request));
+        }
+        loop {
+            let mut st = lock(&self.inner.state).map_err(AppendError::Poisoned)?;
+            if let Some(r) = lock(&request.result).map_err(AppendError::Poisoned)?.take() {
+                return r.map_err(AppendError::Poisoned);
+            }
+            let batch = {
+                let mut q = lock(&self.inner.queue).map_err(AppendError::Poisoned)?;
+                let mut take = 0;
+                let mut events = 0;
+                for r in &q.requests {
+                    if take > 0 && events + r.len > MAX_COMMIT_EVENTS {
+                        break;
+                    }
+                    events += r.len;
+                    take += 1;
+                }
+                let batch: Vec<Arc<Request>> = q.requests.drain(..take).collect();
+                q.queued_events -= events;
+                self.inner.queue_space.notify_all();
+                batch
+            };
+            let my_turn = batch.iter().any(|r| Arc::ptr_eq(r, &request));
+            let outcome = self.commit(&mut st, &batch);
+            if let Err(e) = &outcome {
+                for r in &batch {
+                    if let Ok(mut slot) = lock(&r.result) {
+                        *slot = Some(Err(e.to_string()));
+                    }
+                }
+            }
+            drop(st);
+            if my_turn {
+                if let Err(e) = outcome {
+                    // Tell the caller the typed error; others got its text.
+                    let _ = lock(&request.result).map(|mut s| s.take());
+                    return Err(e);
+                }
+            }
+        }
+    }
+
+    fn commit(&self, st: &mut WriteState, batch: &[Arc<Request>]) -> Result<(), AppendError> {
+        if let Some(p) = &st.poisoned {
+            return Err(AppendError::Poisoned(p.clone()));
+        }
+        if let LogState::Damaged(d) = &st.log {
+            return Err(AppendError::LogDamaged(d.clone()));
+        }
+        match st.engine.health(idempotency::NAME) {
+            Some(ProjectionHealth::Current) => {}
+            Some(h) => {
+                return Err(AppendError::DerivedDamaged(format!(
+                    "idempotency index is {}",
+                    h.label()
+                )))
+            }
+            None => return Err(AppendError::DerivedDamaged("idempotency index missing".into())),
+        }
+        let mut head = st.head;
+        let mut rows: Vec<([u8; 8], Vec<u8>)> = Vec::new();
+        let mut sealed: Vec<Envelope> = Vec::new();
+        let mut outcomes: Vec<Vec<AppendOutcome>> = Vec::with_capacity(batch.len());
+        let mut in_batch: HashMap<IdempotencyKey, (Seq, Digest)> = HashMap::new();
+        for req in batch {
+            let drafts = lock(&req.drafts).map_err(AppendError::Poisoned)?.take().unwrap_or_default();
+            let mut out = Vec::with_capacity(drafts.len());
+            for draft in drafts {
+                if let Some(key) = &draft.idempotency_key {
+                    if let Some((seq, hash)) = in_batch.get(key) {
+                        out.push(AppendOutcome::Duplicate { seq: *seq, hash: *hash });
+                        continue;
+                    }
+                    if let Some((seq, hash)) = self.find_duplicate(&st.engine, key)? {
+                        out.push(AppendOutcome::Duplicate { seq, hash });
+                        continue;
+                    }
+                }
+                let seq = Seq::new(head.seq.checked_add(1).ok_or(AppendError::Exhausted)?)
+                    .map_err(|_| AppendError::Exhausted)?;
+                let key = draft.idempotency_key.clone();
+                let ctx = SealContext {
+                    seq,
+                    id: self.inner.ids.next_id(),
+                    at: self.inner.clock.now(),
+                    origin: self.inner.meta.device.clone(),
+                    prev: head.hash,
+                };
+                match Envelope::seal(draft, ctx) {
+                    Err(e) => out.push(AppendOutcome::Rejected {
+                        reason: e.to_string(),
+                    }),
+                    Ok((env, bytes)) => {
+                        head = Head {
+                            seq: seq.get(),
+                            hash: env.hash(),
+                        };
+                        if let Some(k) = key {
+                            in_batch.insert(k, (seq, env.hash()));
+                        }
+                        out.push(AppendOutcome::Appended {
+                            seq,
+                            hash: env.hash(),
+                            id: env.id(),
+                        });
+                        rows.push((seq.to_key(), bytes));
+                        sealed.push(env);
+                    }
+                }
+            }
+            outcomes.push(out);
+        }
+        if !rows.is_empty() {
+            let durable = self
+                .inner
+                .storage
+                .events_append(rows)
+                .and_then(|()| self.inner.storage.sync_durable());
+            if let Err(e) = durable {
+                // The events may or may not reach the disk later; nothing
+                // was acknowledged, and no further append may reuse their
+                // sequence numbers in this process.
+                st.poisoned = Some(e.to_string());
+                return Err(AppendError::Storage(e));
+            }
+            st.head = head;
+            if let Err(e) = st.engine.apply(&sealed, head.seq) {
+                // The events are durable and are acknowledged; the damaged
+                // projection is reported and refused further writes.
+                tracing::error!(error = %e, "projection failed after a durable append");
+                st.poisoned = Some(format!("derived state failed after a durable append: {e}"));
+            }
+        }
+        for (req, out) in batch.iter().zip(outcomes) {
+            *lock(&req.result).map_err(AppendError::Poisoned)? = Some(Ok(out));
+        }
+        Ok(())
+    }
+
+    fn find_duplicate(
+        &self,
+        engine: &Engine,
+        key: &IdempotencyKey,
+    ) -> Result<Option<(Seq, Digest)>, AppendError> {
+        let Some(state) = engine.staging(idempotency::NAME) else {
+            return Err(AppendError::DerivedDamaged("idempotency index unavailable".into()));
+        };
+        let found = idempotency::lookup(state, key)
+            .map_err(|e| AppendError::DerivedDamaged(e.to_string()))?;
+        let Some(seq) = found else { return Ok(None) };
+        // Confirm against the event itself: the index stores a truncated
+        // digest of the key.
+        let raw = self.inner.storage.event_get(seq.to_key())?;
+        let env = raw.as_deref().map(Envelope::verify);
+        match env {
+            Some(Ok(env)) if env.idempotency_key() == Some(key) => Ok(Some((seq, env.hash()))),
+            Some(Ok(_)) => Ok(None),
+            Some(Err(d)) => Err(AppendError::LogDamaged(format!("event {seq}: {d}"))),
+            None => Err(AppendError::DerivedDamaged(format!(
+                "idempotency index names event {seq}, which is not in the log"
+            ))),
+        }
+    }
+
+    /// Writes staged derived state. Called on close; safe to call any time.
+    pub fn flush(&self) -> Result<(), ProjectionError> {
+        let mut st = lock(&self.inner.state).map_err(|reason| ProjectionError::BadEvent {
+            seq: 0,
+            reason,
+        })?;
+        st.engine.flush()?;
+        drop(st);
+        self.inner.storage.sync_durable()?;
+        Ok(())
+    }
+
+    /// Flushes and closes this handle.
+    pub fn close(self) -> Result<(), ProjectionError> {
+        self.flush()?;
+        let _ = std::fs::remove_file(self.inner.home.join(OWNER_FILE));
+        Ok(())
+    }
+
+    /// One event by sequence number, verified.
+    pub fn get(&self, seq: Seq) -> Result<Option<Envelope>, ReadError> {
+        let Some(raw) = self.inner.storage.event_get(seq.to_key())? else {
+            return Ok(None);
+        };
+        Envelope::verify(&raw)
+            .map(Some)
+            .map_err(|damage| ReadError::Damaged {
+                seq: seq.get(),
+                damage,
+            })
+    }
+
+    /// Events from `from` on, verified, at most `limit`.
+    pub fn range(&self, from: Seq, limit: usize) -> Result<Vec<Envelope>, ReadError> {
+        let mut out = Vec::new();
+        for item in self.scan(from) {
+            if out.len() >= limit {
+                break;
+            }
+            out.push(item?);
+        }
+        Ok(out)
+    }
+
+    /// Iterates events from `from` on, verifying each.
+    pub fn scan(&self, from: Seq) -> impl Iterator<Item = Result<Envelope, ReadError>> + '_ {
+        self.inner.storage.events_from(from.to_key()).map(|item| {
+            let (k, v) = item?;
+            let seq = Seq::from_key(&k).map_err(ReadError::BadKey)?;
+            Envelope::verify(&v).map_err(|damage| ReadError::Damaged {
+                seq: seq.get(),
+                damage,
+            })
+        })
+    }
+
+    /// Raw stored pairs from `from` on (for the doctor and verify).
+    pub(crate) fn scan_raw(
+        &self,
+        from: Seq,
+    ) -> impl Iterator<Item = Result<(Vec<u8>, Vec<u8>), StorageError>> + '_ {
+        self.inner.storage.events_from(from.to_key())
+    }
+
+    /// Events about `subject` after sequence `after`, at most `limit`.
+    pub fn by_subject(
+        &self,
+        subject: &Subject,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<Envelope>, ReadError> {
+        let seqs = {
+            let st = lock(&self.inner.state).map_err(ReadError::Index)?;
+            let state = st
+                .engine
+                .staging(subjects::NAME)
+                .ok_or_else(|| ReadError::Index("subject index is not current; run `syncd doctor`".into()))?;
+            subjects::seqs(state, subject, after, limit).map_err(|e| ReadError::Index(e.to_string()))?
+        };
+        let mut out = Vec::with_capacity(seqs.len());
+        for seq in seqs {
+            match self.get(seq)? {
+                Some(e) => out.push(e),
+                None => {
+                    return Err(ReadError::Index(format!(
+                        "subject index names event {seq}, which is not in the log"
+                    )))
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Projection checkpoints and health.
+    pub fn projections(&self) -> Result<Vec<ProjectionStatus>, String> {
+        Ok(lock(&self.inner.state)?.engine.statuses())
+    }
+
+    /// Names of the projections.
+    pub fn projection_names(&self) -> Result<Vec<&'static str>, String> {
+        Ok(lock(&self.inner.state)?.engine.names())
+    }
+
+    /// The summary projection's view, when it is current.
+    pub fn summary(&self) -> Result<Option<summary::SummaryView>, ProjectionError> {
+        let st = lock(&self.inner.state).map_err(|reason| ProjectionError::BadEvent { seq: 0, reason })?;
+        match st.engine.staging(summary::NAME) {
+            Some(state) => summary::read(state).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Number of distinct subjects, when the subject index is current.
+    pub fn subject_count(&self) -> Result<Option<u64>, ProjectionError> {
+        let st = lock(&self.inner.state).map_err(|reason| ProjectionError::BadEvent { seq: 0, reason })?;
+        match st.engine.staging(subjects::NAME) {
+            Some(state) => subjects::count(state).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Why appends are refused, if they are.
+    pub fn write_blocker(&self) -> Result<Option<String>, String> {
+        let st = lock(&self.inner.state)?;
+        if let Some(p) = &st.poisoned {
+            return Ok(Some(p.clone()));
+        }
+        if let LogState::Damaged(d) = &st.log {
+            return Ok(Some(format!("log damaged: {d}")));
+        }
+        Ok(None)
+    }
+
+    /// Drops and refolds projections from the log (all when `names` is
+    /// empty). The log is verified while it is read.
+    pub fn rebuild(&self, names: &[String], progress: Progress<'_>) -> Result<RebuildReport, RebuildError> {
+        let mut st = lock(&self.inner.state).map_err(RebuildError::Poisoned)?;
+        let known = st.engine.names();
+        let mut selected: Vec<&'static str> = Vec::new();
+        for n in names {
+            match known.iter().find(|k| **k == n.as_str()) {
+                Some(k) => selected.push(k),
+                None => {
+                    return Err(RebuildError::UnknownProjection {
+                        name: n.clone(),
+                        known: known.join(", "),
+                    })
+                }
+            }
+        }
+        if selected.is_empty() {
+            selected = known;
+        }
+        if let LogState::Damaged(d) = &st.log {
+            return Err(RebuildError::LogDamaged(d.clone()));
+        }
+        let head = st.head;
+        let fold = self.fresh_fold(&selected, head.seq, progress)?;
+        let mut report = RebuildReport {
+            events: head.seq,
+            projections: Vec::new(),
+        };
+        for (name, state) in fold {
+            let tree_name = projection::tree_name(name);
+            let tree = self
+                .inner
+                .storage
+                .derived(&tree_name)
+                .map_err(|e| RebuildError::Projection(e.into()))?;
+            let written = st.engine.install_fresh(name, state, tree)?;
+            report.projections.push((name.to_owned(), written));
+        }
+        drop(st);
+        self.inner
+            .storage
+            .sync_durable()
+            .map_err(|e| RebuildError::Projection(e.into()))?;
+        Ok(report)
+    }
+
+    /// Folds the whole log into fresh in-memory state for `names`,
+    /// verifying every event and the chain on the way.
+    pub(crate) fn fresh_fold(
+        &self,
+        names: &[&'static str],
+        head_seq: u64,
+        progress: Progress<'_>,
+    ) -> Result<Vec<(&'static str, projection::FreshState)>, RebuildError> {
+        let mut fold = FreshFold::new(names, self.inner.meta.genesis);
+        let mut prev = self.inner.meta.genesis;
+        let mut expect = 1u64;
+        for item in self.scan_raw(Seq::FIRST) {
+            let (k, v) = item.map_err(ReadError::from)?;
+            let seq = Seq::from_key(&k).map_err(ReadError::BadKey)?;
+            if seq.get() != expect {
+                return Err(RebuildError::LogDamaged(format!(
+                    "expected event {expect}, found {seq}"
+                )));
+            }
+            let env = Envelope::verify(&v).map_err(|damage| ReadError::Damaged {
+                seq: seq.get(),
+                damage,
+            })?;
+            if env.prev_hash() != prev || env.seq() != seq {
+                return Err(RebuildError::LogDamaged(format!(
+                    "chain broken at event {seq}"
+                )));
+            }
+            fold.apply(&env)?;
+            prev = env.hash();
+            expect += 1;
+            if expect % 65_536 == 0 {
+                progress(expect - 1, head_seq);
+            }
+        }
+        progress(expect - 1, head_seq);
+        Ok(fold.finish()?)
+    }
+
+    pub(crate) fn storage(&self) -> &Storage {
+        &self.inner.storage
+    }
+}
+
+mod erased {
+    //! Lets `init` encode meta values of different types in one list.
+    use crate::codec::{self, EncodeError};
+    use serde::Serialize;
+
+    pub(super) trait Enc {
+        fn enc(&self, what: &'static str) -> Result<Vec<u8>, EncodeError>;
+    }
+
+    impl<T: Serialize> Enc for T {
+        fn enc(&self, what: &'static str) -> Result<Vec<u8>, EncodeError> {
+            codec::encode(what, self)
+        }
+    }
+}
+
+impl From<codec::EncodeError> for OpenError {
+    fn from(e: codec::EncodeError) -> Self {
+        OpenError::MetaDamaged {
+            home: PathBuf::new(),
+            reason: e.to_string(),
+        }
+    }
+}
+
+fn read_meta(home: &Path, storage: &Storage) -> Result<StoreMeta, OpenError> {
+    fn field<T: serde::de::DeserializeOwned>(
+        home: &Path,
+        storage: &Storage,
+        key: &'static str,
+    ) -> Result<T, OpenError> {
+        let raw = storage.meta_get(key)?.ok_or_else(|| OpenError::MetaDamaged {
+            home: home.to_path_buf(),
+            reason: format!("`{key}` is missing"),
+        })?;
+        codec::decode(key, &raw).map_err(|e| OpenError::MetaDamaged {
+            home: home.to_path_buf(),
+            reason: e.to_string(),
+        })
+    }
+    let format_version: u32 = field(home, storage, META_FORMAT)?;
+    if format_version != FORMAT_VERSION {
+        return Err(OpenError::UnsupportedFormat {
+            home: home.to_path_buf(),
+            found: format_version,
+        });
+    }
+    Ok(StoreMeta {
+        format_version,
+        device: field(home, storage, META_DEVICE)?,
+        profile: field(home, storage, META_PROFILE)?,
+        genesis: field(home, storage, META_GENESIS)?,
+        created_at: field(home, storage, META_CREATED)?,
+    })
+}
