@@ -7,17 +7,21 @@
 
 mod clock;
 mod codec;
-// mod doctor;
+mod doctor;
 mod event;
 mod ids;
-// mod ingest;
+mod ingest;
 mod projection;
-// mod status;
+mod status;
 mod storage;
 mod store;
 
 pub use clock::{Clock, CountingIdGenerator, IdGenerator, SteppingClock, SystemClock, UuidV7Generator};
 pub use codec::{DecodeError, EncodeError};
+pub use doctor::{
+    damage, doctor, verify, DamageTarget, DoctorError, DoctorOptions, DoctorReport, Finding,
+    FindingClass, RepairSummary, Severity, VerifyReport,
+};
 pub use event::{
     genesis, EventDamage, EventDocument, EventDraft, Envelope, Payload, SealError, GENESIS_DOMAIN,
     MAX_ENVELOPE_BYTES, MAX_PAYLOAD_BYTES,
@@ -26,8 +30,12 @@ pub use ids::{
     ActorId, DeviceId, Digest, EventId, EventKind, IdempotencyKey, InvalidValue, ProfileId, Seq,
     SessionRef, Subject, Timestamp,
 };
+pub use ingest::{
+    parse_line, IngestError, IngestResult, IngestSummary, Ingestor, LineOutcome, MAX_LINE_BYTES,
+};
 pub use projection::summary::SummaryView;
 pub use projection::{Checkpoint, ProjectionError, ProjectionHealth, ProjectionStatus};
+pub use status::{status, Health, LogStatus, ProjectionState, StatusDocument, STATUS_SCHEMA_VERSION};
 pub use storage::{StorageError, StorageOptions, DERIVED_PREFIX, EVENTS_TREE, META_TREE};
 pub use store::{
     db_dir, AppendError, AppendOutcome, Holder, InitOptions, OpenError, OpenOptions, Progress,

@@ -147,10 +147,6 @@ impl Storage {
         })
     }
 
-    pub(crate) fn dir(&self) -> &Path {
-        &self.dir
-    }
-
     /// Makes everything written so far durable: sled's flush (which only
     /// calls `sync_file_range`) followed by `fsync` of the database file and
     /// of any blob files.
@@ -190,10 +186,6 @@ impl Storage {
     pub(crate) fn event_last(&self) -> Result<Option<RawPair>, StorageError> {
         guarded(&self.dir, "reading the last event of", || self.events.last())
             .map(|v| v.map(|(k, v)| (k.to_vec(), v.to_vec())))
-    }
-
-    pub(crate) fn event_count(&self) -> usize {
-        self.events.len()
     }
 
     /// Iterates events with keys at or after `from`.

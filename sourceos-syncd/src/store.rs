@@ -1006,6 +1006,20 @@ impl Store {
         Ok(fold.finish()?)
     }
 
+    /// Installs a fresh fold's state as a projection's tree (doctor repair).
+    pub(crate) fn install_fresh(
+        &self,
+        name: &str,
+        state: projection::FreshState,
+        tree: crate::storage::DerivedTree,
+    ) -> Result<u64, ProjectionError> {
+        let mut st = lock(&self.inner.state).map_err(|reason| ProjectionError::BadEvent { seq: 0, reason })?;
+        let written = st.engine.install_fresh(name, state, tree)?;
+        drop(st);
+        self.inner.storage.sync_durable()?;
+        Ok(written)
+    }
+
     pub(crate) fn storage(&self) -> &Storage {
         &self.inner.storage
     }

@@ -395,14 +395,6 @@ impl Engine {
         self.slots.iter().map(|s| s.projection.name()).collect()
     }
 
-    /// First damaged projection, if any.
-    pub(crate) fn first_damage(&self) -> Option<(&'static str, String)> {
-        self.slots.iter().find_map(|s| match &s.health {
-            ProjectionHealth::Damaged { reason } => Some((s.projection.name(), reason.clone())),
-            _ => None,
-        })
-    }
-
     /// Lowest checkpoint among usable projections that are behind.
     pub(crate) fn lowest_behind(&self) -> Option<u64> {
         self.slots

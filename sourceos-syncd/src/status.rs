@@ -1,0 +1,203 @@
+//! The status document (`syncd status --json`) that status panes read. Its
+//! keys are a published contract (PRODUCT.md §7): keep them, add freely.
+//! Status reads the head and projections only; its cost does not grow with
+//! the length of the log.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::projection::ProjectionHealth;
+use crate::store::Store;
+
+/// Version of the status document's shape.
+pub const STATUS_SCHEMA_VERSION: u32 = 1;
+
+/// Overall health, most severe first in the order they are decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Health {
+    /// Everything is consistent.
+    Clean,
+    /// Usable, but something needs attention.
+    Degraded,
+    /// Unresolved conflicts exist.
+    Conflicted,
+    /// Policy blocks something that was asked for.
+    PolicyBlocked,
+    /// Working locally only, no peer reachable.
+    OfflineLocalOnly,
+    /// Derived state is damaged or behind: run `syncd doctor --repair`.
+    RepairRecommended,
+    /// The daemon should answer but does not.
+    DaemonUnavailable,
+}
+
+impl Health {
+    /// The text used in documents and status lines.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Health::Clean => "clean",
+            Health::Degraded => "degraded",
+            Health::Conflicted => "conflicted",
+            Health::PolicyBlocked => "policy_blocked",
+            Health::OfflineLocalOnly => "offline_local_only",
+            Health::RepairRecommended => "repair_recommended",
+            Health::DaemonUnavailable => "daemon_unavailable",
+        }
+    }
+}
+
+/// The log section.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogStatus {
+    /// Last sequence number (0 when empty).
+    pub head_seq: u64,
+    /// Hash of the last event (the genesis value when empty).
+    pub head_hash: String,
+    /// Number of events.
+    pub event_count: u64,
+}
+
+/// One projection's entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProjectionState {
+    /// Checkpoint sequence.
+    pub checkpoint_seq: u64,
+    /// `current`, `behind` or `damaged`.
+    pub state: String,
+    /// Why, when not current.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// The status document.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusDocument {
+    /// Shape version.
+    pub schema_version: u32,
+    /// One line for people.
+    pub summary: String,
+    /// When this document was made.
+    pub generated_at: String,
+    /// Overall health.
+    pub health: Health,
+    /// Whether a daemon answered.
+    pub daemon_available: bool,
+    /// The daemon's lifecycle state, or how the store was reached.
+    pub daemon_state: String,
+    /// Profile of the store.
+    pub active_profile: String,
+    /// Active workspace, when one is set.
+    pub active_workspace: Option<String>,
+    /// This device.
+    pub active_device: String,
+    /// Usable with reduced guarantees.
+    pub degraded: bool,
+    /// Policy blocks something.
+    pub policy_blocked: bool,
+    /// Unresolved conflicts.
+    pub conflict_count: u64,
+    /// `syncd doctor --repair` is recommended.
+    pub repair_needed: bool,
+    /// Why writes are refused, when they are.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub write_blocked_reason: Option<String>,
+    /// The log.
+    pub log: LogStatus,
+    /// Distinct subjects, when the subject index is current.
+    pub subject_count: Option<u64>,
+    /// Events per kind, when the summary is current.
+    pub events_by_kind: BTreeMap<String, u64>,
+    /// Projections by name.
+    pub projections: BTreeMap<String, ProjectionState>,
+}
+
+/// Builds the status document of an open store that was reached directly
+/// (no daemon).
+pub fn status(store: &Store) -> Result<StatusDocument, String> {
+    let (head_seq, head_hash) = store.head()?;
+    let projections = store.projections()?;
+    let write_blocked_reason = store.write_blocker()?;
+    let summary = store.summary().map_err(|e| e.to_string())?;
+    let subject_count = store.subject_count().map_err(|e| e.to_string())?;
+    let mut repair_needed = false;
+    let mut map = BTreeMap::new();
+    for p in &projections {
+        let reason = match &p.health {
+            ProjectionHealth::Current => None,
+            ProjectionHealth::Behind { at } => Some(format!("folded up to {at} of {head_seq}")),
+            ProjectionHealth::Damaged { reason } => Some(reason.clone()),
+        };
+        if p.health != ProjectionHealth::Current {
+            repair_needed = true;
+        }
+        map.insert(
+            p.name.to_owned(),
+            ProjectionState {
+                checkpoint_seq: p.checkpoint_seq,
+                state: p.health.label().to_owned(),
+                reason,
+            },
+        );
+    }
+    let degraded = write_blocked_reason.is_some();
+    let health = if repair_needed {
+        Health::RepairRecommended
+    } else if degraded {
+        Health::Degraded
+    } else {
+        Health::Clean
+    };
+    let line = match health {
+        Health::Clean => format!(
+            "clean: {head_seq} events, head {}, {} projections current",
+            short(&head_hash.to_string()),
+            projections.len()
+        ),
+        Health::RepairRecommended => {
+            let bad: Vec<&str> = projections
+                .iter()
+                .filter(|p| p.health != ProjectionHealth::Current)
+                .map(|p| p.name)
+                .collect();
+            format!(
+                "repair recommended: {} not current; run `syncd doctor --repair`",
+                bad.join(", ")
+            )
+        }
+        _ => format!(
+            "degraded: {}",
+            write_blocked_reason.clone().unwrap_or_default()
+        ),
+    };
+    let meta = store.meta();
+    Ok(StatusDocument {
+        schema_version: STATUS_SCHEMA_VERSION,
+        summary: line,
+        generated_at: store.now().to_string(),
+        health,
+        daemon_available: false,
+        daemon_state: "not_running".to_owned(),
+        active_profile: meta.profile.to_string(),
+        active_workspace: None,
+        active_device: meta.device.to_string(),
+        degraded,
+        policy_blocked: false,
+        conflict_count: 0,
+        repair_needed,
+        write_blocked_reason,
+        log: LogStatus {
+            head_seq,
+            head_hash: head_hash.to_string(),
+            event_count: head_seq,
+        },
+        subject_count,
+        events_by_kind: summary.map(|s| s.by_kind).unwrap_or_default(),
+        projections: map,
+    })
+}
+
+fn short(hash: &str) -> String {
+    hash.chars().take(7 + 12).collect()
+}
