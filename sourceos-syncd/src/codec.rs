@@ -26,7 +26,10 @@ pub struct DecodeError {
 }
 
 /// Encodes `value` as CBOR into a fresh buffer.
-pub fn encode<T: Serialize + ?Sized>(what: &'static str, value: &T) -> Result<Vec<u8>, EncodeError> {
+pub fn encode<T: Serialize + ?Sized>(
+    what: &'static str,
+    value: &T,
+) -> Result<Vec<u8>, EncodeError> {
     let mut out = Vec::with_capacity(256);
     encode_into(what, value, &mut out)?;
     Ok(out)

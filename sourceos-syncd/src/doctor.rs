@@ -119,12 +119,16 @@ pub struct DoctorReport {
 impl DoctorReport {
     /// True when some durable state needs a person.
     pub fn needs_review(&self) -> bool {
-        self.findings.iter().any(|f| f.class == FindingClass::NeedsReview)
+        self.findings
+            .iter()
+            .any(|f| f.class == FindingClass::NeedsReview)
     }
 
     /// True when derived state has problems (listed or not).
     pub fn repairable(&self) -> bool {
-        self.findings.iter().any(|f| f.class == FindingClass::Repairable)
+        self.findings
+            .iter()
+            .any(|f| f.class == FindingClass::Repairable)
     }
 }
 
@@ -277,7 +281,11 @@ fn scan_log(
         let seq = match Seq::from_key(&k) {
             Ok(s) => s.get(),
             Err(e) => {
-                findings.log("log.bad_key", None, format!("key {} is not a sequence number: {e}", key_hex(&k)));
+                findings.log(
+                    "log.bad_key",
+                    None,
+                    format!("key {} is not a sequence number: {e}", key_hex(&k)),
+                );
                 sound = false;
                 continue;
             }
@@ -381,7 +389,12 @@ fn check_tree(
     let tree_name = projection::tree_name(name);
     let storage = store.storage();
     if !storage.has_tree(&tree_name) {
-        findings.derived("derived.tree_missing", &tree_name, None, format!("tree {tree_name} is missing"));
+        findings.derived(
+            "derived.tree_missing",
+            &tree_name,
+            None,
+            format!("tree {tree_name} is missing"),
+        );
         return Ok(true);
     }
     let Some(projection) = builtin_named(name) else {
@@ -394,22 +407,57 @@ fn check_tree(
     let mut comparable = true;
     match read_checkpoint(&tree) {
         Err(e) => {
-            findings.derived("derived.checkpoint_damaged", &tree_name, Some(CHECKPOINT_KEY), format!("checkpoint of {tree_name} is unreadable: {e}"));
+            findings.derived(
+                "derived.checkpoint_damaged",
+                &tree_name,
+                Some(CHECKPOINT_KEY),
+                format!("checkpoint of {tree_name} is unreadable: {e}"),
+            );
             comparable = false;
         }
         Ok(None) => {
-            findings.derived("derived.checkpoint_missing", &tree_name, Some(CHECKPOINT_KEY), format!("{tree_name} has no checkpoint"));
+            findings.derived(
+                "derived.checkpoint_missing",
+                &tree_name,
+                Some(CHECKPOINT_KEY),
+                format!("{tree_name} has no checkpoint"),
+            );
             comparable = false;
         }
         Ok(Some(cp)) => {
             if cp.version != projection.version() {
-                findings.derived("derived.version_mismatch", &tree_name, Some(CHECKPOINT_KEY), format!("{tree_name} has record format {} but this build writes {}", cp.version, projection.version()));
+                findings.derived(
+                    "derived.version_mismatch",
+                    &tree_name,
+                    Some(CHECKPOINT_KEY),
+                    format!(
+                        "{tree_name} has record format {} but this build writes {}",
+                        cp.version,
+                        projection.version()
+                    ),
+                );
                 comparable = false;
             } else if cp.seq > head_seq {
-                findings.derived("derived.checkpoint_ahead", &tree_name, Some(CHECKPOINT_KEY), format!("checkpoint of {tree_name} is at {} but the log ends at {head_seq}", cp.seq));
+                findings.derived(
+                    "derived.checkpoint_ahead",
+                    &tree_name,
+                    Some(CHECKPOINT_KEY),
+                    format!(
+                        "checkpoint of {tree_name} is at {} but the log ends at {head_seq}",
+                        cp.seq
+                    ),
+                );
                 comparable = false;
             } else if cp.seq < head_seq {
-                findings.derived("derived.behind", &tree_name, Some(CHECKPOINT_KEY), format!("{tree_name} has folded up to {} of {head_seq} events", cp.seq));
+                findings.derived(
+                    "derived.behind",
+                    &tree_name,
+                    Some(CHECKPOINT_KEY),
+                    format!(
+                        "{tree_name} has folded up to {} of {head_seq} events",
+                        cp.seq
+                    ),
+                );
                 comparable = false;
             }
         }
@@ -420,14 +468,24 @@ fn check_tree(
         let payload = match unframe(&tree_name, &k, &v) {
             Ok(p) => Some(p),
             Err(reason) => {
-                findings.derived("derived.record_damaged", &tree_name, Some(&k), format!("record in {tree_name}: {reason}"));
+                findings.derived(
+                    "derived.record_damaged",
+                    &tree_name,
+                    Some(&k),
+                    format!("record in {tree_name}: {reason}"),
+                );
                 None
             }
         };
         if let Some(p) = payload {
             if k.as_slice() != CHECKPOINT_KEY {
                 if let Err(reason) = projection.check_record(&k, p) {
-                    findings.derived("derived.record_undecodable", &tree_name, Some(&k), format!("record in {tree_name} does not decode: {reason}"));
+                    findings.derived(
+                        "derived.record_undecodable",
+                        &tree_name,
+                        Some(&k),
+                        format!("record in {tree_name} does not decode: {reason}"),
+                    );
                 }
             }
         }
@@ -436,24 +494,44 @@ fn check_tree(
         };
         // Records the fresh fold has and the tree lacks come before `k`.
         while let Some((ek, _)) = exp.next_if(|(ek, _)| ek.as_slice() < k.as_slice()) {
-            findings.derived("derived.record_missing", &tree_name, Some(ek), format!("{tree_name} lacks a record the log implies"));
+            findings.derived(
+                "derived.record_missing",
+                &tree_name,
+                Some(ek),
+                format!("{tree_name} lacks a record the log implies"),
+            );
         }
         match exp.next_if(|(ek, _)| ek.as_slice() == k.as_slice()) {
             None => {
                 if payload.is_some() {
-                    findings.derived("derived.record_stray", &tree_name, Some(&k), format!("{tree_name} holds a record the log does not imply"));
+                    findings.derived(
+                        "derived.record_stray",
+                        &tree_name,
+                        Some(&k),
+                        format!("{tree_name} holds a record the log does not imply"),
+                    );
                 }
             }
             Some((_, ev)) => {
                 if payload.is_some_and(|p| p != ev.as_slice()) {
-                    findings.derived("derived.record_differs", &tree_name, Some(&k), format!("record in {tree_name} differs from a fresh fold of the log"));
+                    findings.derived(
+                        "derived.record_differs",
+                        &tree_name,
+                        Some(&k),
+                        format!("record in {tree_name} differs from a fresh fold of the log"),
+                    );
                 }
             }
         }
     }
     if let (Some(exp), true) = (expected.as_mut(), comparable) {
         for (ek, _) in exp {
-            findings.derived("derived.record_missing", &tree_name, Some(ek), format!("{tree_name} lacks a record the log implies"));
+            findings.derived(
+                "derived.record_missing",
+                &tree_name,
+                Some(ek),
+                format!("{tree_name} lacks a record the log implies"),
+            );
         }
     }
     Ok(findings.listed.len() as u64 + findings.not_listed > before)
@@ -461,9 +539,15 @@ fn check_tree(
 
 /// Runs the doctor. The store should be opened without catch-up so that
 /// lagging projections are seen as they are.
-pub fn doctor(store: &Store, options: DoctorOptions, progress: Progress<'_>) -> Result<DoctorReport, DoctorError> {
+pub fn doctor(
+    store: &Store,
+    options: DoctorOptions,
+    progress: Progress<'_>,
+) -> Result<DoctorReport, DoctorError> {
     // Staged derived writes of this handle belong to what is checked.
-    store.flush().map_err(|e| DoctorError::Unusable(e.to_string()))?;
+    store
+        .flush()
+        .map_err(|e| DoctorError::Unusable(e.to_string()))?;
     let mut findings = Findings::new();
     let names = store.projection_names().map_err(DoctorError::Unusable)?;
     let mut fold = projection::FreshFold::new(&names, store.meta().genesis);
@@ -491,7 +575,12 @@ pub fn doctor(store: &Store, options: DoctorOptions, progress: Progress<'_>) -> 
     let mut unknown = Vec::new();
     for t in store.storage().derived_tree_names() {
         if !known.contains(&t) {
-            findings.derived("derived.unknown_tree", &t, None, format!("{t} is a derived tree no projection owns"));
+            findings.derived(
+                "derived.unknown_tree",
+                &t,
+                None,
+                format!("{t} is a derived tree no projection owns"),
+            );
             unknown.push(t);
         }
     }
@@ -505,7 +594,12 @@ pub fn doctor(store: &Store, options: DoctorOptions, progress: Progress<'_>) -> 
         repair: None,
     };
     let mut listed = findings.listed;
-    listed.sort_by(|a, b| a.class.cmp(&b.class).reverse().then(b.severity.cmp(&a.severity)));
+    listed.sort_by(|a, b| {
+        a.class
+            .cmp(&b.class)
+            .reverse()
+            .then(b.severity.cmp(&a.severity))
+    });
     report.findings = listed;
     if options.repair {
         report.repair = Some(repair(store, &report, fresh, &damaged, &unknown)?);
@@ -569,7 +663,9 @@ fn repair(
     }
     let mut rebuilt = Vec::new();
     for name in damaged {
-        let Some(state) = fresh.remove(name) else { continue };
+        let Some(state) = fresh.remove(name) else {
+            continue;
+        };
         let tree = store.storage().derived(&projection::tree_name(name))?;
         let written = store
             .install_fresh(name, state, tree)
@@ -598,14 +694,21 @@ fn repair(
     Ok(summary)
 }
 
-fn write_report_file(store: &Store, report: &DoctorReport, summary: &RepairSummary) -> Result<(PathBuf, Digest), DoctorError> {
+fn write_report_file(
+    store: &Store,
+    report: &DoctorReport,
+    summary: &RepairSummary,
+) -> Result<(PathBuf, Digest), DoctorError> {
     #[derive(Serialize)]
     struct Full<'a> {
         report: &'a DoctorReport,
         repair: &'a RepairSummary,
     }
-    let text = serde_json::to_vec_pretty(&Full { report, repair: summary })
-        .map_err(|e| DoctorError::Unusable(e.to_string()))?;
+    let text = serde_json::to_vec_pretty(&Full {
+        report,
+        repair: summary,
+    })
+    .map_err(|e| DoctorError::Unusable(e.to_string()))?;
     let digest = Digest::of(&text);
     let dir = store.home().join("evidence");
     let path = dir.join(digest.to_hex());
@@ -626,7 +729,11 @@ fn write_report_file(store: &Store, report: &DoctorReport, summary: &RepairSumma
     Ok((path, digest))
 }
 
-fn record_repair(store: &Store, summary: &RepairSummary, report_digest: Digest) -> Result<Option<u64>, DoctorError> {
+fn record_repair(
+    store: &Store,
+    summary: &RepairSummary,
+    report_digest: Digest,
+) -> Result<Option<u64>, DoctorError> {
     const LIST_BOUND: usize = 16;
     let bounded = |v: &[String]| -> Vec<String> { v.iter().take(LIST_BOUND).cloned().collect() };
     let payload = serde_json::json!({
@@ -648,7 +755,9 @@ fn record_repair(store: &Store, summary: &RepairSummary, report_digest: Digest) 
     match store.append(draft)? {
         AppendOutcome::Appended { seq, .. } => Ok(Some(seq.get())),
         AppendOutcome::Duplicate { seq, .. } => Ok(Some(seq.get())),
-        AppendOutcome::Rejected { reason } => Err(DoctorError::Unusable(format!("repair event rejected: {reason}"))),
+        AppendOutcome::Rejected { reason } => Err(DoctorError::Unusable(format!(
+            "repair event rejected: {reason}"
+        ))),
     }
 }
 
@@ -669,7 +778,11 @@ pub struct VerifyReport {
 }
 
 /// Verifies the whole chain and reports the head hash.
-pub fn verify(store: &Store, expect_head: Option<Digest>, progress: Progress<'_>) -> Result<VerifyReport, DoctorError> {
+pub fn verify(
+    store: &Store,
+    expect_head: Option<Digest>,
+    progress: Progress<'_>,
+) -> Result<VerifyReport, DoctorError> {
     let mut findings = Findings::new();
     let scan = scan_log(store, &mut findings, progress, |_| Ok(()))?;
     check_meta(store, &mut findings);
@@ -703,10 +816,14 @@ pub fn damage(store: &Store, tree: &str, target: DamageTarget) -> Result<String,
             "{tree} is not a derived tree; drills only damage trees named {DERIVED_PREFIX}*"
         )));
     }
-    store.flush().map_err(|e| DoctorError::Unusable(e.to_string()))?;
+    store
+        .flush()
+        .map_err(|e| DoctorError::Unusable(e.to_string()))?;
     let storage = store.storage();
     if !storage.has_tree(tree) {
-        return Err(DoctorError::Unusable(format!("no derived tree named {tree}")));
+        return Err(DoctorError::Unusable(format!(
+            "no derived tree named {tree}"
+        )));
     }
     let t = storage.derived(tree)?;
     // Prefer a data record over the checkpoint so that the drill exercises
@@ -715,7 +832,12 @@ pub fn damage(store: &Store, tree: &str, target: DamageTarget) -> Result<String,
     for item in t.iter() {
         let (k, v) = item?;
         let is_cp = k.as_slice() == CHECKPOINT_KEY;
-        if victim.is_none() || (!is_cp && victim.as_ref().is_some_and(|(vk, _)| vk.as_slice() == CHECKPOINT_KEY)) {
+        if victim.is_none()
+            || (!is_cp
+                && victim
+                    .as_ref()
+                    .is_some_and(|(vk, _)| vk.as_slice() == CHECKPOINT_KEY))
+        {
             victim = Some((k, v));
         }
         if !is_cp {
@@ -734,7 +856,9 @@ pub fn damage(store: &Store, tree: &str, target: DamageTarget) -> Result<String,
         }
         DamageTarget::Garble | DamageTarget::Delete => {
             let Some((k, mut v)) = victim else {
-                return Err(DoctorError::Unusable(format!("{tree} is empty; nothing to damage")));
+                return Err(DoctorError::Unusable(format!(
+                    "{tree} is empty; nothing to damage"
+                )));
             };
             if target == DamageTarget::Delete {
                 t.raw_remove(&k)?;

@@ -86,7 +86,9 @@ impl Payload {
         let mut counter = ByteCounter(0);
         match &self.0 {
             // Writing into a counter cannot fail for a map of JSON values.
-            Some(map) => serde_json::to_writer(&mut counter, map).map_or(usize::MAX, |()| counter.0),
+            Some(map) => {
+                serde_json::to_writer(&mut counter, map).map_or(usize::MAX, |()| counter.0)
+            }
             None => 2,
         }
     }
@@ -349,7 +351,9 @@ impl Envelope {
         let stored = Self::check_hash(bytes)?;
         let envelope: Envelope = codec::decode("event envelope", bytes)?;
         if envelope.hash != stored {
-            return Err(EventDamage::Framing("decoded hash differs from the hash entry"));
+            return Err(EventDamage::Framing(
+                "decoded hash differs from the hash entry",
+            ));
         }
         Ok(envelope)
     }
@@ -382,7 +386,9 @@ impl Envelope {
             .ok_or(EventDamage::Framing("shorter than the hash entry"))?;
         let header = *bytes.first().ok_or(EventDamage::Framing("empty record"))?;
         if !(MAP_HEADER_BASE + 1..=MAP_HEADER_MAX_INLINE).contains(&header) {
-            return Err(EventDamage::Framing("does not start with a CBOR map header"));
+            return Err(EventDamage::Framing(
+                "does not start with a CBOR map header",
+            ));
         }
         let (body, tail) = bytes.split_at(body_len);
         let (prefix, stored) = tail.split_at(HASH_ENTRY_PREFIX.len());
@@ -533,7 +539,10 @@ mod tests {
         let back = Envelope::verify(&bytes).unwrap();
         assert_eq!(back, env);
         // Binary fields are byte strings: the hash entry is at the end.
-        assert_eq!(&bytes[bytes.len() - 39..bytes.len() - 32], &HASH_ENTRY_PREFIX);
+        assert_eq!(
+            &bytes[bytes.len() - 39..bytes.len() - 32],
+            &HASH_ENTRY_PREFIX
+        );
     }
 
     #[test]
@@ -550,7 +559,10 @@ mod tests {
         for i in 0..bytes.len() {
             let mut damaged = bytes.clone();
             damaged[i] ^= 0x01;
-            assert!(Envelope::verify(&damaged).is_err(), "flip at byte {i} went unnoticed");
+            assert!(
+                Envelope::verify(&damaged).is_err(),
+                "flip at byte {i} went unnoticed"
+            );
         }
     }
 

@@ -188,7 +188,10 @@ impl<'a> Ingestor<'a> {
                 ));
             } else {
                 match std::str::from_utf8(&buf) {
-                    Err(e) => pending.push(Pending::Rejected(line_no, format!("line is not UTF-8: {e}"))),
+                    Err(e) => pending.push(Pending::Rejected(
+                        line_no,
+                        format!("line is not UTF-8: {e}"),
+                    )),
                     Ok(text) => {
                         let text = text.trim();
                         // Blank lines carry nothing and get no result line.
@@ -245,7 +248,9 @@ impl<'a> Ingestor<'a> {
                             seq: seq.get(),
                             hash,
                         },
-                        Some(AppendOutcome::Rejected { reason }) => LineOutcome::Rejected { reason },
+                        Some(AppendOutcome::Rejected { reason }) => {
+                            LineOutcome::Rejected { reason }
+                        }
                         None => LineOutcome::Rejected {
                             reason: "no outcome was returned for this line".into(),
                         },
@@ -324,11 +329,20 @@ mod tests {
             (r#"{"kind":"x.y"}"#, "missing required field `actor`"),
             (r#"{"kind":"x.y","actor":"a b"}"#, "`actor`"),
             (r#"{"kind":"X","actor":"a"}"#, "`kind`"),
-            (r#"{"kind":"x","actor":"a","idempotency_key":""}"#, "`idempotency_key`"),
-            (r#"{"kind":"x","actor":"a","idempotency_key":5}"#, "must be a string"),
+            (
+                r#"{"kind":"x","actor":"a","idempotency_key":""}"#,
+                "`idempotency_key`",
+            ),
+            (
+                r#"{"kind":"x","actor":"a","idempotency_key":5}"#,
+                "must be a string",
+            ),
             (r#"{"kind":"x","actor":"a","payload":[1]}"#, "`payload`"),
             (r#"{"kind":"x","actor":"a","extra":1}"#, "unknown field"),
-            (r#"{"kind":"syncd.doctor.repaired","actor":"a"}"#, "reserved"),
+            (
+                r#"{"kind":"syncd.doctor.repaired","actor":"a"}"#,
+                "reserved",
+            ),
         ];
         for (line, want) in cases {
             let err = parse_line(line).unwrap_err();

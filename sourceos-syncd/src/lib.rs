@@ -16,14 +16,16 @@ mod status;
 mod storage;
 mod store;
 
-pub use clock::{Clock, CountingIdGenerator, IdGenerator, SteppingClock, SystemClock, UuidV7Generator};
+pub use clock::{
+    Clock, CountingIdGenerator, IdGenerator, SteppingClock, SystemClock, UuidV7Generator,
+};
 pub use codec::{DecodeError, EncodeError};
 pub use doctor::{
     damage, doctor, verify, DamageTarget, DoctorError, DoctorOptions, DoctorReport, Finding,
     FindingClass, RepairSummary, Severity, VerifyReport,
 };
 pub use event::{
-    genesis, EventDamage, EventDocument, EventDraft, Envelope, Payload, SealError, GENESIS_DOMAIN,
+    genesis, Envelope, EventDamage, EventDocument, EventDraft, Payload, SealError, GENESIS_DOMAIN,
     MAX_ENVELOPE_BYTES, MAX_PAYLOAD_BYTES,
 };
 pub use ids::{
@@ -35,7 +37,9 @@ pub use ingest::{
 };
 pub use projection::summary::SummaryView;
 pub use projection::{Checkpoint, ProjectionError, ProjectionHealth, ProjectionStatus};
-pub use status::{status, Health, LogStatus, ProjectionState, StatusDocument, STATUS_SCHEMA_VERSION};
+pub use status::{
+    status, Health, LogStatus, ProjectionState, StatusDocument, STATUS_SCHEMA_VERSION,
+};
 pub use storage::{StorageError, StorageOptions, DERIVED_PREFIX, EVENTS_TREE, META_TREE};
 pub use store::{
     db_dir, AppendError, AppendOutcome, Holder, InitOptions, OpenError, OpenOptions, Progress,

@@ -115,9 +115,7 @@ impl Storage {
             match Self::open_once(dir, options) {
                 Err(StorageError::Locked { .. }) if attempt < LOCK_RETRIES => {
                     attempt += 1;
-                    std::thread::sleep(Duration::from_millis(
-                        LOCK_RETRY_BASE_MS << attempt.min(4),
-                    ));
+                    std::thread::sleep(Duration::from_millis(LOCK_RETRY_BASE_MS << attempt.min(4)));
                 }
                 other => return other,
             }
@@ -137,7 +135,9 @@ impl Storage {
             }
         })?;
         let db = opened.map_err(|e| classify(dir, e))?;
-        let events = guarded(dir, "opening the events tree of", || db.open_tree(EVENTS_TREE))?;
+        let events = guarded(dir, "opening the events tree of", || {
+            db.open_tree(EVENTS_TREE)
+        })?;
         let meta = guarded(dir, "opening the meta tree of", || db.open_tree(META_TREE))?;
         Ok(Self {
             db,
@@ -184,8 +184,10 @@ impl Storage {
     }
 
     pub(crate) fn event_last(&self) -> Result<Option<RawPair>, StorageError> {
-        guarded(&self.dir, "reading the last event of", || self.events.last())
-            .map(|v| v.map(|(k, v)| (k.to_vec(), v.to_vec())))
+        guarded(&self.dir, "reading the last event of", || {
+            self.events.last()
+        })
+        .map(|v| v.map(|(k, v)| (k.to_vec(), v.to_vec())))
     }
 
     /// Iterates events with keys at or after `from`.
@@ -207,14 +209,15 @@ impl Storage {
         for (k, v) in batch {
             b.insert(&k, v);
         }
-        guarded(&self.dir, "appending events to", || self.events.apply_batch(b))
+        guarded(&self.dir, "appending events to", || {
+            self.events.apply_batch(b)
+        })
     }
 
     // ---- meta (durable) ----
 
     pub(crate) fn meta_get(&self, key: &str) -> Result<Option<Vec<u8>>, StorageError> {
-        guarded(&self.dir, "reading meta of", || self.meta.get(key))
-            .map(|v| v.map(|v| v.to_vec()))
+        guarded(&self.dir, "reading meta of", || self.meta.get(key)).map(|v| v.map(|v| v.to_vec()))
     }
 
     pub(crate) fn meta_put_all(&self, entries: Vec<(&str, Vec<u8>)>) -> Result<(), StorageError> {
@@ -242,12 +245,17 @@ impl Storage {
     }
 
     pub(crate) fn has_tree(&self, name: &str) -> bool {
-        self.db.tree_names().iter().any(|n| n.as_ref() == name.as_bytes())
+        self.db
+            .tree_names()
+            .iter()
+            .any(|n| n.as_ref() == name.as_bytes())
     }
 
     /// Opens (creating if absent) a derived tree.
     pub(crate) fn derived(&self, name: &str) -> Result<DerivedTree, StorageError> {
-        let tree = guarded(&self.dir, "opening a derived tree of", || self.db.open_tree(name))?;
+        let tree = guarded(&self.dir, "opening a derived tree of", || {
+            self.db.open_tree(name)
+        })?;
         Ok(DerivedTree {
             name: name.to_owned(),
             tree,
@@ -260,7 +268,9 @@ impl Storage {
         if !name.starts_with(DERIVED_PREFIX) {
             return Ok(false);
         }
-        guarded(&self.dir, "dropping a derived tree of", || self.db.drop_tree(name))
+        guarded(&self.dir, "dropping a derived tree of", || {
+            self.db.drop_tree(name)
+        })
     }
 }
 
@@ -270,8 +280,10 @@ impl DerivedTree {
     }
 
     pub(crate) fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
-        guarded(&self.dir, "reading a derived tree of", || self.tree.get(key))
-            .map(|v| v.map(|v| v.to_vec()))
+        guarded(&self.dir, "reading a derived tree of", || {
+            self.tree.get(key)
+        })
+        .map(|v| v.map(|v| v.to_vec()))
     }
 
     pub(crate) fn iter(&self) -> impl Iterator<Item = Result<RawPair, StorageError>> + '_ {
@@ -294,11 +306,15 @@ impl DerivedTree {
                 None => b.remove(k),
             }
         }
-        guarded(&self.dir, "writing a derived tree of", || self.tree.apply_batch(b))
+        guarded(&self.dir, "writing a derived tree of", || {
+            self.tree.apply_batch(b)
+        })
     }
 
     pub(crate) fn clear(&self) -> Result<(), StorageError> {
-        guarded(&self.dir, "clearing a derived tree of", || self.tree.clear())
+        guarded(&self.dir, "clearing a derived tree of", || {
+            self.tree.clear()
+        })
     }
 
     /// Raw write for damage-injection tools and tests: no framing applied.

@@ -16,8 +16,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::clock::{Clock, IdGenerator, SystemClock, UuidV7Generator};
 use crate::codec;
-use crate::event::{genesis, EventDamage, EventDraft, Envelope, SealContext};
-use crate::ids::{DeviceId, Digest, IdempotencyKey, InvalidValue, ProfileId, Seq, Subject, Timestamp};
+use crate::event::{genesis, Envelope, EventDamage, EventDraft, SealContext};
+use crate::ids::{
+    DeviceId, Digest, IdempotencyKey, InvalidValue, ProfileId, Seq, Subject, Timestamp,
+};
 use crate::projection::{
     self, idempotency, subjects, summary, Engine, FreshFold, Head, ProjectionError,
     ProjectionHealth, ProjectionStatus,
@@ -143,7 +145,9 @@ pub enum OpenError {
         reason: String,
     },
     /// The store was written by a newer or unknown format.
-    #[error("store at {home} has format version {found}; this build reads version {FORMAT_VERSION}")]
+    #[error(
+        "store at {home} has format version {found}; this build reads version {FORMAT_VERSION}"
+    )]
     UnsupportedFormat {
         /// The home directory.
         home: PathBuf,
@@ -400,7 +404,8 @@ impl Store {
             home: home.to_path_buf(),
             source,
         })?;
-        let storage = Storage::open(&db_dir(home), &options.storage).map_err(|e| map_open(home, e))?;
+        let storage =
+            Storage::open(&db_dir(home), &options.storage).map_err(|e| map_open(home, e))?;
         if !storage.meta_is_empty() || storage.event_last()?.is_some() {
             return Err(OpenError::AlreadyInitialized {
                 home: home.to_path_buf(),
@@ -450,7 +455,8 @@ impl Store {
                 home: home.to_path_buf(),
             });
         }
-        let storage = Storage::open(&db_dir(home), &options.storage).map_err(|e| map_open(home, e))?;
+        let storage =
+            Storage::open(&db_dir(home), &options.storage).map_err(|e| map_open(home, e))?;
         let meta = read_meta(home, &storage)?;
         write_holder(home, options.clock.now());
 
@@ -475,10 +481,7 @@ impl Store {
                         seq: seq.get(),
                         hash: env.hash(),
                     },
-                    LogState::Damaged(format!(
-                        "event stored at {seq} says it is {}",
-                        env.seq()
-                    )),
+                    LogState::Damaged(format!("event stored at {seq} says it is {}", env.seq())),
                 ),
                 (Ok(seq), Err(d)) => (
                     Head {
@@ -535,10 +538,8 @@ impl Store {
 
     /// Folds events that usable projections have not seen yet.
     fn catch_up(&self) -> Result<(), ProjectionError> {
-        let mut st = lock(&self.inner.state).map_err(|reason| ProjectionError::BadEvent {
-            seq: 0,
-            reason,
-        })?;
+        let mut st = lock(&self.inner.state)
+            .map_err(|reason| ProjectionError::BadEvent { seq: 0, reason })?;
         if st.log != LogState::Sound {
             return Ok(());
         }
@@ -593,7 +594,8 @@ impl Store {
     /// Appends one event and waits until it is durable.
     pub fn append(&self, draft: EventDraft) -> Result<AppendOutcome, AppendError> {
         let mut out = self.append_many(vec![draft])?;
-        out.pop().ok_or_else(|| AppendError::Poisoned("empty commit result".into()))
+        out.pop()
+            .ok_or_else(|| AppendError::Poisoned("empty commit result".into()))
     }
 
     /// Appends events in order and waits until all of them are durable.
@@ -680,7 +682,11 @@ impl Store {
                     h.label()
                 )))
             }
-            None => return Err(AppendError::DerivedDamaged("idempotency index missing".into())),
+            None => {
+                return Err(AppendError::DerivedDamaged(
+                    "idempotency index missing".into(),
+                ))
+            }
         }
         let mut head = st.head;
         let mut rows: Vec<([u8; 8], Vec<u8>)> = Vec::new();
@@ -688,12 +694,18 @@ impl Store {
         let mut outcomes: Vec<Vec<AppendOutcome>> = Vec::with_capacity(batch.len());
         let mut in_batch: HashMap<IdempotencyKey, (Seq, Digest)> = HashMap::new();
         for req in batch {
-            let drafts = lock(&req.drafts).map_err(AppendError::Poisoned)?.take().unwrap_or_default();
+            let drafts = lock(&req.drafts)
+                .map_err(AppendError::Poisoned)?
+                .take()
+                .unwrap_or_default();
             let mut out = Vec::with_capacity(drafts.len());
             for draft in drafts {
                 if let Some(key) = &draft.idempotency_key {
                     if let Some((seq, hash)) = in_batch.get(key) {
-                        out.push(AppendOutcome::Duplicate { seq: *seq, hash: *hash });
+                        out.push(AppendOutcome::Duplicate {
+                            seq: *seq,
+                            hash: *hash,
+                        });
                         continue;
                     }
                     if let Some((seq, hash)) = self.find_duplicate(&st.engine, key)? {
@@ -768,7 +780,9 @@ impl Store {
         key: &IdempotencyKey,
     ) -> Result<Option<(Seq, Digest)>, AppendError> {
         let Some(state) = engine.staging(idempotency::NAME) else {
-            return Err(AppendError::DerivedDamaged("idempotency index unavailable".into()));
+            return Err(AppendError::DerivedDamaged(
+                "idempotency index unavailable".into(),
+            ));
         };
         let found = idempotency::lookup(state, key)
             .map_err(|e| AppendError::DerivedDamaged(e.to_string()))?;
@@ -789,10 +803,8 @@ impl Store {
 
     /// Writes staged derived state. Called on close; safe to call any time.
     pub fn flush(&self) -> Result<(), ProjectionError> {
-        let mut st = lock(&self.inner.state).map_err(|reason| ProjectionError::BadEvent {
-            seq: 0,
-            reason,
-        })?;
+        let mut st = lock(&self.inner.state)
+            .map_err(|reason| ProjectionError::BadEvent { seq: 0, reason })?;
         st.engine.flush()?;
         drop(st);
         self.inner.storage.sync_durable()?;
@@ -860,11 +872,11 @@ impl Store {
     ) -> Result<Vec<Envelope>, ReadError> {
         let seqs = {
             let st = lock(&self.inner.state).map_err(ReadError::Index)?;
-            let state = st
-                .engine
-                .staging(subjects::NAME)
-                .ok_or_else(|| ReadError::Index("subject index is not current; run `syncd doctor`".into()))?;
-            subjects::seqs(state, subject, after, limit).map_err(|e| ReadError::Index(e.to_string()))?
+            let state = st.engine.staging(subjects::NAME).ok_or_else(|| {
+                ReadError::Index("subject index is not current; run `syncd doctor`".into())
+            })?;
+            subjects::seqs(state, subject, after, limit)
+                .map_err(|e| ReadError::Index(e.to_string()))?
         };
         let mut out = Vec::with_capacity(seqs.len());
         for seq in seqs {
@@ -892,7 +904,8 @@ impl Store {
 
     /// The summary projection's view, when it is current.
     pub fn summary(&self) -> Result<Option<summary::SummaryView>, ProjectionError> {
-        let st = lock(&self.inner.state).map_err(|reason| ProjectionError::BadEvent { seq: 0, reason })?;
+        let st = lock(&self.inner.state)
+            .map_err(|reason| ProjectionError::BadEvent { seq: 0, reason })?;
         match st.engine.staging(summary::NAME) {
             Some(state) => summary::read(state).map(Some),
             None => Ok(None),
@@ -901,7 +914,8 @@ impl Store {
 
     /// Number of distinct subjects, when the subject index is current.
     pub fn subject_count(&self) -> Result<Option<u64>, ProjectionError> {
-        let st = lock(&self.inner.state).map_err(|reason| ProjectionError::BadEvent { seq: 0, reason })?;
+        let st = lock(&self.inner.state)
+            .map_err(|reason| ProjectionError::BadEvent { seq: 0, reason })?;
         match st.engine.staging(subjects::NAME) {
             Some(state) => subjects::count(state).map(Some),
             None => Ok(None),
@@ -922,7 +936,11 @@ impl Store {
 
     /// Drops and refolds projections from the log (all when `names` is
     /// empty). The log is verified while it is read.
-    pub fn rebuild(&self, names: &[String], progress: Progress<'_>) -> Result<RebuildReport, RebuildError> {
+    pub fn rebuild(
+        &self,
+        names: &[String],
+        progress: Progress<'_>,
+    ) -> Result<RebuildReport, RebuildError> {
         let mut st = lock(&self.inner.state).map_err(RebuildError::Poisoned)?;
         let known = st.engine.names();
         let mut selected: Vec<&'static str> = Vec::new();
@@ -1013,7 +1031,8 @@ impl Store {
         state: projection::FreshState,
         tree: crate::storage::DerivedTree,
     ) -> Result<u64, ProjectionError> {
-        let mut st = lock(&self.inner.state).map_err(|reason| ProjectionError::BadEvent { seq: 0, reason })?;
+        let mut st = lock(&self.inner.state)
+            .map_err(|reason| ProjectionError::BadEvent { seq: 0, reason })?;
         let written = st.engine.install_fresh(name, state, tree)?;
         drop(st);
         self.inner.storage.sync_durable()?;
@@ -1056,10 +1075,12 @@ fn read_meta(home: &Path, storage: &Storage) -> Result<StoreMeta, OpenError> {
         storage: &Storage,
         key: &'static str,
     ) -> Result<T, OpenError> {
-        let raw = storage.meta_get(key)?.ok_or_else(|| OpenError::MetaDamaged {
-            home: home.to_path_buf(),
-            reason: format!("`{key}` is missing"),
-        })?;
+        let raw = storage
+            .meta_get(key)?
+            .ok_or_else(|| OpenError::MetaDamaged {
+                home: home.to_path_buf(),
+                reason: format!("`{key}` is missing"),
+            })?;
         codec::decode(key, &raw).map_err(|e| OpenError::MetaDamaged {
             home: home.to_path_buf(),
             reason: e.to_string(),

@@ -93,7 +93,10 @@ impl Projection for IdempotencyIndex {
             return Err("not a bucket key".into());
         }
         if payload.is_empty() || payload.len() % ENTRY_LEN != 0 {
-            return Err(format!("bucket of {} bytes is not whole entries", payload.len()));
+            return Err(format!(
+                "bucket of {} bytes is not whole entries",
+                payload.len()
+            ));
         }
         let mut prev: Option<&[u8]> = None;
         for entry in payload.chunks(ENTRY_LEN) {
@@ -111,7 +114,10 @@ impl Projection for IdempotencyIndex {
 }
 
 /// The sequence number recorded for `key`, if any.
-pub(crate) fn lookup(state: &Staging, key: &IdempotencyKey) -> Result<Option<Seq>, ProjectionError> {
+pub(crate) fn lookup(
+    state: &Staging,
+    key: &IdempotencyKey,
+) -> Result<Option<Seq>, ProjectionError> {
     let d = digest(key);
     let Some(bucket) = state.get(&bucket_key(&d))? else {
         return Ok(None);

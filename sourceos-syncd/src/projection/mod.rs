@@ -105,7 +105,12 @@ fn checksum(tree: &str, key: &[u8], payload: &[u8]) -> [u8; CHECKSUM_LEN] {
     h.update(key);
     h.update(payload);
     let mut out = [0u8; CHECKSUM_LEN];
-    out.copy_from_slice(h.finalize().as_bytes().get(..CHECKSUM_LEN).unwrap_or(&[0; 8]));
+    out.copy_from_slice(
+        h.finalize()
+            .as_bytes()
+            .get(..CHECKSUM_LEN)
+            .unwrap_or(&[0; 8]),
+    );
     out
 }
 
@@ -119,10 +124,12 @@ pub(crate) fn frame(tree: &str, key: &[u8], payload: &[u8]) -> Vec<u8> {
 
 /// Checks a stored record's checksum and returns its payload.
 pub(crate) fn unframe<'a>(tree: &str, key: &[u8], value: &'a [u8]) -> Result<&'a [u8], String> {
-    let split = value
-        .len()
-        .checked_sub(CHECKSUM_LEN)
-        .ok_or_else(|| format!("record of {} bytes is shorter than its checksum", value.len()))?;
+    let split = value.len().checked_sub(CHECKSUM_LEN).ok_or_else(|| {
+        format!(
+            "record of {} bytes is shorter than its checksum",
+            value.len()
+        )
+    })?;
     let (payload, sum) = value.split_at(split);
     if sum != checksum(tree, key, payload) {
         return Err("checksum mismatch".to_owned());
@@ -281,6 +288,8 @@ struct Slot {
     staging: Staging,
     tree: Option<DerivedTree>,
     applied: Checkpoint,
+    /// The checkpoint last written to the tree.
+    persisted: Checkpoint,
     health: ProjectionHealth,
 }
 
@@ -373,6 +382,7 @@ impl Engine {
                 projection,
                 tree,
                 applied,
+                persisted: applied,
                 health,
             });
         }
@@ -408,7 +418,11 @@ impl Engine {
 
     /// Folds committed events into every usable projection whose checkpoint
     /// is below them, flushing staged writes when they exceed the bound.
-    pub(crate) fn apply(&mut self, events: &[Envelope], log_head: u64) -> Result<(), ProjectionError> {
+    pub(crate) fn apply(
+        &mut self,
+        events: &[Envelope],
+        log_head: u64,
+    ) -> Result<(), ProjectionError> {
         for slot in &mut self.slots {
             if matches!(slot.health, ProjectionHealth::Damaged { .. }) {
                 continue;
@@ -487,10 +501,10 @@ impl Engine {
         slot.staging = Staging::new(tree_name, Some(tree.clone()));
         slot.tree = Some(tree);
         slot.applied = checkpoint;
+        slot.persisted = checkpoint;
         slot.health = ProjectionHealth::Current;
         Ok(written)
     }
-
 }
 
 /// Replaces a tree's content with a fresh fold's state. The tree is
@@ -514,7 +528,10 @@ pub(crate) fn write_fresh(tree: &DerivedTree, fresh: FreshState) -> Result<u64, 
         }
     }
     let cp = checkpoint_payload(&fresh.checkpoint)?;
-    batch.push((CHECKPOINT_KEY.to_vec(), Some(frame(&tree_name, CHECKPOINT_KEY, &cp))));
+    batch.push((
+        CHECKPOINT_KEY.to_vec(),
+        Some(frame(&tree_name, CHECKPOINT_KEY, &cp)),
+    ));
     written += batch.len() as u64;
     tree.apply(batch)?;
     Ok(written)
@@ -524,6 +541,11 @@ fn flush_slot(slot: &mut Slot) -> Result<(), ProjectionError> {
     let Some(tree) = &slot.tree else {
         return Ok(());
     };
+    // Nothing folded since the last write: leave the tree alone (it may be
+    // under inspection, or damaged on purpose by a drill).
+    if slot.staging.dirty_len() == 0 && slot.applied == slot.persisted {
+        return Ok(());
+    }
     let mut writes = slot.staging.take_framed();
     let cp = checkpoint_payload(&slot.applied)?;
     writes.push((
@@ -531,6 +553,7 @@ fn flush_slot(slot: &mut Slot) -> Result<(), ProjectionError> {
         Some(frame(tree.name(), CHECKPOINT_KEY, &cp)),
     ));
     tree.apply(writes)?;
+    slot.persisted = slot.applied;
     Ok(())
 }
 
@@ -565,7 +588,11 @@ fn assess(
             cp.seq, head.seq
         ));
     }
-    let expected = if cp.seq == 0 { Some(genesis) } else { hash_at(cp.seq) };
+    let expected = if cp.seq == 0 {
+        Some(genesis)
+    } else {
+        hash_at(cp.seq)
+    };
     if expected != Some(cp.head) {
         return damaged(format!(
             "checkpoint names hash {} at {} but the log has {}",

@@ -84,7 +84,11 @@ impl Projection for SubjectIndex {
 
     fn check_record(&self, key: &[u8], payload: &[u8]) -> Result<(), String> {
         if key == RECORD_COUNT {
-            return if payload.len() == 8 { Ok(()) } else { Err("count is not 8 bytes".into()) };
+            return if payload.len() == 8 {
+                Ok(())
+            } else {
+                Err("count is not 8 bytes".into())
+            };
         }
         let chunk = key
             .len()
@@ -144,7 +148,11 @@ pub(crate) fn seqs(
             .get(&chunk_key(subject, chunk))?
             .ok_or_else(|| damaged("sealed chunk missing"))?;
         // Skip whole chunks that end before `after`.
-        let last = bytes.len().checked_sub(8).and_then(|i| bytes.get(i..)).and_then(read_u64);
+        let last = bytes
+            .len()
+            .checked_sub(8)
+            .and_then(|i| bytes.get(i..))
+            .and_then(read_u64);
         if last.is_some_and(|l| l <= after) {
             continue;
         }
@@ -158,5 +166,9 @@ pub(crate) fn seqs(
 
 /// Number of distinct subjects seen.
 pub(crate) fn count(state: &Staging) -> Result<u64, ProjectionError> {
-    Ok(state.get(RECORD_COUNT)?.as_deref().and_then(read_u64).unwrap_or(0))
+    Ok(state
+        .get(RECORD_COUNT)?
+        .as_deref()
+        .and_then(read_u64)
+        .unwrap_or(0))
 }

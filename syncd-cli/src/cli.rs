@@ -1,0 +1,171 @@
+//! Command-line arguments, parsed by clap into typed commands before any
+//! work starts.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// syncd: the state integrity service of SourceOS.
+///
+/// An append-only, hash-chained event log is the only source of truth;
+/// everything else is derived from it and can be rebuilt. Exit codes: 0
+/// success, 1 doctor found repairable damage, 2 usage error, 3 doctor found
+/// durable damage, 4 store cannot be opened or read, 65 ingest rejected
+/// lines.
+#[derive(Debug, Parser)]
+#[command(name = "syncd", version, about, long_about)]
+pub struct Cli {
+    /// Home directory of the store [default: $SYNCD_HOME, else
+    /// $XDG_DATA_HOME/sourceos-syncd, else ~/.local/share/sourceos-syncd].
+    #[arg(long, global = true, value_name = "DIR")]
+    pub home: Option<PathBuf>,
+
+    /// Upper bound of the storage engine's page cache, in MiB.
+    #[arg(long, global = true, default_value_t = 64, value_name = "MIB",
+          value_parser = clap::value_parser!(u64).range(8..=65536))]
+    pub cache_mib: u64,
+
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create a new, empty store in the home directory.
+    Init(InitArgs),
+    /// Append events from JSON Lines (stdin, or --file); one JSON result
+    /// line per input line, printed once the event is durable.
+    Ingest(IngestArgs),
+    /// Show events, oldest first.
+    Log(LogArgs),
+    /// Show the state of the store (health, head, projections).
+    Status(StatusArgs),
+    /// Check the log and all derived state; with --repair, rebuild damaged
+    /// derived state from the log.
+    Doctor(DoctorArgs),
+    /// Drop and refold projections from the log.
+    Rebuild(RebuildArgs),
+    /// Verify the whole hash chain and print the head hash.
+    Verify(VerifyArgs),
+    /// Fault-injection drills for practising recovery (derived state only).
+    #[command(subcommand)]
+    Drill(DrillCommand),
+}
+
+/// `syncd init`.
+#[derive(Debug, Args)]
+pub struct InitArgs {
+    /// Device id of this store [default: device:<hostname>-<random>].
+    #[arg(long, value_name = "ID")]
+    pub device: Option<String>,
+    /// Profile this store belongs to.
+    #[arg(long, default_value = "profile:local-dev", value_name = "ID")]
+    pub profile: String,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `syncd ingest`.
+#[derive(Debug, Args)]
+pub struct IngestArgs {
+    /// Read events from this file instead of stdin.
+    #[arg(long, value_name = "FILE")]
+    pub file: Option<PathBuf>,
+}
+
+/// `syncd log`.
+#[derive(Debug, Args)]
+pub struct LogArgs {
+    /// First sequence number to show.
+    #[arg(long, default_value_t = 1, value_name = "N",
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub from: u64,
+    /// Most events to show.
+    #[arg(long, default_value_t = 100, value_name = "N",
+          value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub limit: u64,
+    /// Only events about this subject.
+    #[arg(long, value_name = "SUBJECT")]
+    pub subject: Option<String>,
+    /// One JSON document per line.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `syncd status`.
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Print the status document as JSON.
+    #[arg(long, conflicts_with = "line")]
+    pub json: bool,
+    /// Print one short line, for a shell prompt.
+    #[arg(long)]
+    pub line: bool,
+}
+
+/// `syncd doctor`.
+#[derive(Debug, Args)]
+pub struct DoctorArgs {
+    /// Rebuild damaged derived state from the log (never touches the log).
+    #[arg(long)]
+    pub repair: bool,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `syncd rebuild`.
+#[derive(Debug, Args)]
+pub struct RebuildArgs {
+    /// Rebuild only this projection (repeatable) [default: all].
+    #[arg(long = "projection", value_name = "NAME")]
+    pub projections: Vec<String>,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `syncd verify`.
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// Fail unless the head hash equals this (proves a restore).
+    #[arg(long, value_name = "HASH")]
+    pub expect_head: Option<String>,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `syncd drill`.
+#[derive(Debug, Subcommand)]
+pub enum DrillCommand {
+    /// Damage one derived tree, to watch `syncd doctor` find and repair it.
+    DamageDerived(DamageArgs),
+}
+
+/// `syncd drill damage-derived`.
+#[derive(Debug, Args)]
+pub struct DamageArgs {
+    /// The derived tree (p.idempotency, p.subjects, p.summary).
+    #[arg(long, default_value = "p.summary", value_name = "TREE")]
+    pub tree: String,
+    /// What to do to it.
+    #[arg(long, value_enum, default_value_t = DamageMode::Garble)]
+    pub mode: DamageMode,
+}
+
+/// Kinds of drill damage.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum DamageMode {
+    /// Flip bits in one record.
+    Garble,
+    /// Delete one record.
+    Delete,
+    /// Add a stray record.
+    Add,
+    /// Drop the whole tree.
+    Drop,
+}

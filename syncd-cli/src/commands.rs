@@ -1,0 +1,465 @@
+//! One function per command: open the store, call the core, render.
+
+use std::io::BufReader;
+use std::path::Path;
+
+use sourceos_syncd as core;
+
+use crate::cli::{Cli, Command, DamageMode, DrillCommand};
+use crate::output::{byte_progress, progress, Out};
+use crate::{exit, Failure};
+
+/// Buffer size for ingest input: large enough that a group commit covers
+/// about a thousand typical lines.
+const INGEST_BUFFER_BYTES: usize = 1 << 20;
+
+fn options(cli: &Cli, catch_up: bool) -> core::OpenOptions {
+    core::OpenOptions {
+        catch_up,
+        storage: core::StorageOptions {
+            cache_capacity_bytes: cli.cache_mib.saturating_mul(1024 * 1024),
+        },
+        ..core::OpenOptions::default()
+    }
+}
+
+fn open(cli: &Cli, home: &Path, catch_up: bool) -> Result<core::Store, Failure> {
+    core::Store::open(home, options(cli, catch_up)).map_err(|e| Failure::store(&e))
+}
+
+fn close(store: core::Store) -> Result<(), Failure> {
+    store.close().map_err(|e| Failure::store(&e))
+}
+
+/// Runs the parsed command; returns the exit code.
+pub fn run(cli: &Cli, home: &Path) -> Result<u8, Failure> {
+    let result = match &cli.command {
+        Command::Init(a) => init(cli, home, a),
+        Command::Ingest(a) => ingest(cli, home, a),
+        Command::Log(a) => log(cli, home, a),
+        Command::Status(a) => status(cli, home, a),
+        Command::Doctor(a) => doctor(cli, home, a),
+        Command::Rebuild(a) => rebuild(cli, home, a),
+        Command::Verify(a) => verify(cli, home, a),
+        Command::Drill(DrillCommand::DamageDerived(a)) => drill(cli, home, a),
+    };
+    match result {
+        // A closed stdout is reported as a failure with code 0 and no text.
+        Err(f) if f.code == exit::OK && f.message.is_empty() => Ok(exit::OK),
+        other => other,
+    }
+}
+
+fn init(cli: &Cli, home: &Path, a: &crate::cli::InitArgs) -> Result<u8, Failure> {
+    let device = match &a.device {
+        Some(d) => Some(
+            core::DeviceId::new(d.as_str())
+                .map_err(|e| Failure::usage(format!("--device: {e}")))?,
+        ),
+        None => None,
+    };
+    let profile = core::ProfileId::new(a.profile.as_str())
+        .map_err(|e| Failure::usage(format!("--profile: {e}")))?;
+    let store = core::Store::init(
+        home,
+        core::InitOptions { device, profile },
+        options(cli, true),
+    )
+    .map_err(|e| Failure::store(&e))?;
+    let meta = store.meta().clone();
+    close(store)?;
+    let mut out = Out::new();
+    if a.json {
+        out.json(&serde_json::json!({
+            "home": home,
+            "device": meta.device.as_str(),
+            "profile": meta.profile.as_str(),
+            "format_version": meta.format_version,
+            "genesis": meta.genesis.to_string(),
+        }))?;
+    } else {
+        out.line(&format!("initialised store at {}", home.display()))?;
+        out.line(&format!("  device   {}", meta.device))?;
+        out.line(&format!("  profile  {}", meta.profile))?;
+        out.line(&format!("  genesis  {}", meta.genesis))?;
+    }
+    out.flush()?;
+    Ok(exit::OK)
+}
+
+fn ingest(cli: &Cli, home: &Path, a: &crate::cli::IngestArgs) -> Result<u8, Failure> {
+    let store = open(cli, home, true)?;
+    let (reader, total): (Box<dyn std::io::Read>, Option<u64>) = match &a.file {
+        Some(path) => {
+            let f = std::fs::File::open(path).map_err(|e| Failure {
+                code: exit::DATA,
+                message: format!("cannot open input {}: {e}", path.display()),
+            })?;
+            let len = f.metadata().ok().map(|m| m.len());
+            (Box::new(f), len)
+        }
+        None => (Box::new(std::io::stdin().lock()), None),
+    };
+    let mut input = BufReader::with_capacity(INGEST_BUFFER_BYTES, reader);
+    let bar = byte_progress(total);
+    // Results are written by the sink and flushed after each durable group
+    // (the progress callback), so a live producer sees its answers.
+    let out = std::cell::RefCell::new(Out::new());
+    let closed = std::cell::Cell::new(false);
+    let mut sink = |r: &core::IngestResult| -> std::io::Result<()> {
+        let doc = match &r.outcome {
+            core::LineOutcome::Appended { seq, hash, id } => serde_json::json!({
+                "line": r.line, "result": "appended", "seq": seq, "hash": hash.to_string(), "id": id,
+            }),
+            core::LineOutcome::Duplicate { seq, hash } => serde_json::json!({
+                "line": r.line, "result": "duplicate", "seq": seq, "hash": hash.to_string(),
+            }),
+            core::LineOutcome::Rejected { reason } => serde_json::json!({
+                "line": r.line, "result": "rejected", "reason": reason,
+            }),
+        };
+        match out.borrow_mut().json(&doc) {
+            Ok(()) => Ok(()),
+            Err(crate::output::OutError::Closed) => {
+                closed.set(true);
+                Err(std::io::Error::from(std::io::ErrorKind::BrokenPipe))
+            }
+            Err(crate::output::OutError::Failed(e)) => Err(e),
+        }
+    };
+    let mut on_progress = |bytes: u64| {
+        bar.set_position(bytes);
+        if let Err(crate::output::OutError::Closed) = out.borrow_mut().flush() {
+            closed.set(true);
+        }
+    };
+    let result = core::Ingestor::new(&store).run(&mut input, &mut sink, &mut on_progress);
+    bar.finish_and_clear();
+    let flushed = out.borrow_mut().flush();
+    close(store)?;
+    let summary = match result {
+        Ok(s) => s,
+        Err(core::IngestError::Output(_)) if closed.get() => return Ok(exit::OK),
+        Err(e) => return Err(Failure::store(&e)),
+    };
+    flushed?;
+    eprintln!(
+        "syncd: ingest: {} appended, {} duplicate, {} rejected",
+        summary.appended, summary.duplicates, summary.rejected
+    );
+    Ok(if summary.rejected > 0 {
+        exit::DATA
+    } else {
+        exit::OK
+    })
+}
+
+fn log(cli: &Cli, home: &Path, a: &crate::cli::LogArgs) -> Result<u8, Failure> {
+    let store = open(cli, home, true)?;
+    let from = core::Seq::new(a.from).map_err(|e| Failure::usage(format!("--from: {e}")))?;
+    let limit = usize::try_from(a.limit).unwrap_or(usize::MAX);
+    let events = match &a.subject {
+        Some(s) => {
+            let subject = core::Subject::new(s.as_str())
+                .map_err(|e| Failure::usage(format!("--subject: {e}")))?;
+            store.by_subject(&subject, from.get() - 1, limit)
+        }
+        None => store.range(from, limit),
+    }
+    .map_err(|e| Failure::store(&e))?;
+    close(store)?;
+    let mut out = Out::new();
+    for e in &events {
+        if a.json {
+            out.json(&e.to_document())?;
+        } else {
+            let hash = e.hash().to_string();
+            out.line(&format!(
+                "{:>8}  {}  {:<24} {:<24} {:<24} {}",
+                e.seq(),
+                e.recorded_at(),
+                e.kind(),
+                e.actor(),
+                e.subject().map_or("-", |s| s.as_str()),
+                hash.get(..19).unwrap_or(&hash),
+            ))?;
+        }
+    }
+    out.flush()?;
+    Ok(exit::OK)
+}
+
+fn status(cli: &Cli, home: &Path, a: &crate::cli::StatusArgs) -> Result<u8, Failure> {
+    let store = open(cli, home, true)?;
+    let doc = core::status(&store).map_err(|e| Failure {
+        code: exit::STORE,
+        message: e,
+    })?;
+    close(store)?;
+    let mut out = Out::new();
+    if a.json {
+        out.json_pretty(&doc)?;
+    } else if a.line {
+        out.line(&format!(
+            "syncd {} · {} · {} · {} conflicts · head {}",
+            doc.health.as_str(),
+            doc.active_profile,
+            doc.active_device,
+            doc.conflict_count,
+            doc.log.head_seq
+        ))?;
+    } else {
+        out.line(&doc.summary)?;
+        out.line(&format!("  health     {}", doc.health.as_str()))?;
+        out.line(&format!("  device     {}", doc.active_device))?;
+        out.line(&format!("  profile    {}", doc.active_profile))?;
+        out.line(&format!("  daemon     {}", doc.daemon_state))?;
+        out.line(&format!(
+            "  log        {} events, head {}",
+            doc.log.event_count, doc.log.head_hash
+        ))?;
+        if let Some(n) = doc.subject_count {
+            out.line(&format!("  subjects   {n}"))?;
+        }
+        for (name, p) in &doc.projections {
+            let reason = p
+                .reason
+                .as_deref()
+                .map(|r| format!(" ({r})"))
+                .unwrap_or_default();
+            out.line(&format!(
+                "  projection {name:<12} {} at {}{reason}",
+                p.state, p.checkpoint_seq
+            ))?;
+        }
+        if let Some(r) = &doc.write_blocked_reason {
+            out.line(&format!("  writes     refused: {r}"))?;
+        }
+    }
+    out.flush()?;
+    Ok(exit::OK)
+}
+
+fn doctor(cli: &Cli, home: &Path, a: &crate::cli::DoctorArgs) -> Result<u8, Failure> {
+    let store = open(cli, home, false)?;
+    let (head, _) = store.head().map_err(|e| Failure {
+        code: exit::STORE,
+        message: e,
+    })?;
+    let bar = progress(head, "events");
+    let mut on_progress = |done: u64, total: u64| {
+        bar.set_length(total.max(done));
+        bar.set_position(done);
+    };
+    let report = core::doctor(
+        &store,
+        core::DoctorOptions { repair: a.repair },
+        &mut on_progress,
+    );
+    bar.finish_and_clear();
+    let report = report.map_err(|e| Failure::store(&e))?;
+    close(store)?;
+    let code = if report.needs_review() {
+        exit::NEEDS_REVIEW
+    } else if report.repairable()
+        && report
+            .repair
+            .as_ref()
+            .is_none_or(|r| r.rebuilt.is_empty() && r.dropped.is_empty())
+    {
+        exit::REPAIRABLE
+    } else {
+        exit::OK
+    };
+    let outcome = match code {
+        exit::NEEDS_REVIEW => "needs_review",
+        exit::REPAIRABLE => "repairable",
+        _ if report.repair.is_some() && report.repairable() => "repaired",
+        _ => "healthy",
+    };
+    let mut out = Out::new();
+    if a.json {
+        let mut doc = serde_json::to_value(&report).map_err(|e| Failure::store(&e))?;
+        if let Some(m) = doc.as_object_mut() {
+            m.insert("outcome".into(), outcome.into());
+            m.insert("exit_code".into(), code.into());
+        }
+        out.json_pretty(&doc)?;
+    } else {
+        render_doctor(&mut out, &report, outcome)?;
+    }
+    out.flush()?;
+    Ok(code)
+}
+
+fn render_doctor(
+    out: &mut Out,
+    r: &core::DoctorReport,
+    outcome: &str,
+) -> Result<(), crate::output::OutError> {
+    out.line(&format!(
+        "doctor: {} events checked, head {} {}; trees {}",
+        r.events_checked,
+        r.head_seq,
+        r.head_hash,
+        r.trees_checked.join(", ")
+    ))?;
+    if r.findings.is_empty() {
+        out.line("no findings")?;
+    } else {
+        out.line(&format!(
+            "findings ({}):",
+            r.findings.len() as u64 + r.findings_not_listed
+        ))?;
+        for f in &r.findings {
+            let sev = match f.severity {
+                core::Severity::Warning => "WARNING",
+                core::Severity::Error => "ERROR",
+                core::Severity::Critical => "CRITICAL",
+            };
+            let class = match f.class {
+                core::FindingClass::Repairable => "repairable",
+                core::FindingClass::NeedsReview => "needs_review",
+            };
+            out.line(&format!("  {sev:<8} {class:<12} {}  {}", f.id, f.message))?;
+        }
+        if r.findings_not_listed > 0 {
+            out.line(&format!(
+                "  … and {} more of the same kinds",
+                r.findings_not_listed
+            ))?;
+        }
+    }
+    if let Some(rep) = &r.repair {
+        out.line("repair:")?;
+        for (name, written) in &rep.rebuilt {
+            out.line(&format!("  rebuilt    p.{name} ({written} records)"))?;
+        }
+        for t in &rep.dropped {
+            out.line(&format!("  dropped    {t}"))?;
+        }
+        for p in &rep.preserved {
+            out.line(&format!("  preserved  {p}"))?;
+        }
+        for h in &rep.remains_for_human {
+            out.line(&format!("  for review {h}"))?;
+        }
+        if let Some(seq) = rep.report_event_seq {
+            out.line(&format!("  recorded   repair report as event {seq}"))?;
+        }
+        if let Some(f) = &rep.report_file {
+            out.line(&format!("  report     {}", f.display()))?;
+        }
+        out.line(&format!("  next       {}", rep.next_action))?;
+    }
+    let verdict = match outcome {
+        "needs_review" => "durable state is damaged and needs review (exit 3); `--repair` changes nothing while the log is damaged",
+        "repairable" => "derived state is damaged, all of it repairable: run `syncd doctor --repair` (exit 1)",
+        "repaired" => "derived state repaired from the log",
+        _ => "healthy",
+    };
+    out.line(&format!("result: {verdict}"))
+}
+
+fn rebuild(cli: &Cli, home: &Path, a: &crate::cli::RebuildArgs) -> Result<u8, Failure> {
+    let store = open(cli, home, false)?;
+    let (head, _) = store.head().map_err(|e| Failure {
+        code: exit::STORE,
+        message: e,
+    })?;
+    let bar = progress(head, "events");
+    let mut on_progress = |done: u64, total: u64| {
+        bar.set_length(total.max(done));
+        bar.set_position(done);
+    };
+    let report = store.rebuild(&a.projections, &mut on_progress);
+    bar.finish_and_clear();
+    let report = match report {
+        Ok(r) => r,
+        Err(core::RebuildError::UnknownProjection { name, known }) => {
+            return Err(Failure::usage(format!(
+                "no projection named {name:?}; known: {known}"
+            )))
+        }
+        Err(e) => return Err(Failure::store(&e)),
+    };
+    close(store)?;
+    let mut out = Out::new();
+    if a.json {
+        out.json(&report)?;
+    } else {
+        for (name, written) in &report.projections {
+            out.line(&format!(
+                "rebuilt p.{name}: {written} records from {} events",
+                report.events
+            ))?;
+        }
+    }
+    out.flush()?;
+    Ok(exit::OK)
+}
+
+fn verify(cli: &Cli, home: &Path, a: &crate::cli::VerifyArgs) -> Result<u8, Failure> {
+    let expect = match &a.expect_head {
+        Some(h) => Some(
+            core::Digest::parse(h).map_err(|e| Failure::usage(format!("--expect-head: {e}")))?,
+        ),
+        None => None,
+    };
+    let store = open(cli, home, false)?;
+    let (head, _) = store.head().map_err(|e| Failure {
+        code: exit::STORE,
+        message: e,
+    })?;
+    let bar = progress(head, "events");
+    let mut on_progress = |done: u64, total: u64| {
+        bar.set_length(total.max(done));
+        bar.set_position(done);
+    };
+    let report = core::verify(&store, expect, &mut on_progress);
+    bar.finish_and_clear();
+    let report = report.map_err(|e| Failure::store(&e))?;
+    close(store)?;
+    let mut out = Out::new();
+    if a.json {
+        out.json(&report)?;
+    } else {
+        for d in &report.damage {
+            out.line(&format!("damaged  {}  {}", d.id, d.message))?;
+        }
+        out.line(&format!(
+            "{} events verified; head {} {}",
+            report.events, report.head_seq, report.head_hash
+        ))?;
+        match report.expected_head_matches {
+            Some(true) => out.line("head matches the expected hash")?,
+            Some(false) => out.line("head DOES NOT match the expected hash")?,
+            None => {}
+        }
+    }
+    out.flush()?;
+    if !report.damage.is_empty() {
+        return Ok(exit::NEEDS_REVIEW);
+    }
+    if report.expected_head_matches == Some(false) {
+        return Ok(exit::REPAIRABLE);
+    }
+    Ok(exit::OK)
+}
+
+fn drill(cli: &Cli, home: &Path, a: &crate::cli::DamageArgs) -> Result<u8, Failure> {
+    let store = open(cli, home, false)?;
+    let target = match a.mode {
+        DamageMode::Garble => core::DamageTarget::Garble,
+        DamageMode::Delete => core::DamageTarget::Delete,
+        DamageMode::Add => core::DamageTarget::Add,
+        DamageMode::Drop => core::DamageTarget::Drop,
+    };
+    let done =
+        core::damage(&store, &a.tree, target).map_err(|e| Failure::usage(crate::chain(&e)))?;
+    close(store)?;
+    let mut out = Out::new();
+    out.line(&format!("drill: {done}; now run `syncd doctor`"))?;
+    out.flush()?;
+    Ok(exit::OK)
+}
