@@ -1101,3 +1101,192 @@ fn read_meta(home: &Path, storage: &Storage) -> Result<StoreMeta, OpenError> {
         created_at: field(home, storage, META_CREATED)?,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::clock::{CountingIdGenerator, SteppingClock};
+    use crate::ids::{ActorId, EventKind};
+
+    fn opts() -> OpenOptions {
+        OpenOptions {
+            clock: Arc::new(SteppingClock::new(Timestamp::from_unix_micros(1_700_000_000_000_000), 1_000)),
+            ids: Arc::new(CountingIdGenerator::new(1_700_000_000_000)),
+            ..OpenOptions::default()
+        }
+    }
+
+    fn init(dir: &Path) -> Store {
+        Store::init(
+            dir,
+            InitOptions {
+                device: Some(DeviceId::new("device:test").unwrap()),
+                profile: ProfileId::new("profile:test").unwrap(),
+            },
+            opts(),
+        )
+        .unwrap()
+    }
+
+    /// Raw content of every derived tree, after flushing staged writes.
+    fn snapshot(store: &Store) -> BTreeMap<String, Vec<(Vec<u8>, Vec<u8>)>> {
+        store.flush().unwrap();
+        let mut out = BTreeMap::new();
+        for name in store.storage().derived_tree_names() {
+            let tree = store.storage().derived(&name).unwrap();
+            out.insert(name, tree.iter().map(|r| r.unwrap()).collect());
+        }
+        out
+    }
+
+    #[derive(Debug, Clone)]
+    struct Spec {
+        actor: u8,
+        kind: u8,
+        subject: Option<u16>,
+        key: Option<u16>,
+    }
+
+    fn draft(s: &Spec) -> EventDraft {
+        let mut d = EventDraft::new(
+            ActorId::new(format!("actor:a{}", s.actor)).unwrap(),
+            EventKind::new(format!("kind.k{}", s.kind)).unwrap(),
+        );
+        d.subject = s.subject.map(|n| Subject::new(format!("object:{n}")).unwrap());
+        d.idempotency_key = s.key.map(|n| IdempotencyKey::new(format!("key-{n}")).unwrap());
+        d
+    }
+
+    fn spec() -> impl Strategy<Value = Spec> {
+        (0u8..4, 0u8..5, proptest::option::of(0u16..40), proptest::option::weighted(0.4, 0u16..300))
+            .prop_map(|(actor, kind, subject, key)| Spec { actor, kind, subject, key })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+        /// INV-PROJ-01: an incremental fold equals a full rebuild, and
+        /// equals it again after a reopen.
+        #[test]
+        fn incremental_equals_rebuild(
+            specs in proptest::collection::vec(spec(), 1..1_400),
+            cuts in proptest::collection::vec(1usize..600, 1..8),
+            reopen_after in 0usize..4,
+        ) {
+            let dir = tempfile::tempdir().unwrap();
+            let mut store = init(dir.path());
+            let mut rest: &[Spec] = &specs;
+            let mut i = 0;
+            while !rest.is_empty() {
+                let n = cuts[i % cuts.len()].min(rest.len());
+                let (now, later) = rest.split_at(n);
+                store.append_many(now.iter().map(draft).collect()).unwrap();
+                rest = later;
+                if i == reopen_after {
+                    store.close().unwrap();
+                    store = Store::open(dir.path(), opts()).unwrap();
+                }
+                i += 1;
+            }
+            let incremental = snapshot(&store);
+            store.rebuild(&[], &mut |_, _| {}).unwrap();
+            let rebuilt = snapshot(&store);
+            prop_assert_eq!(&incremental, &rebuilt);
+            store.close().unwrap();
+            let store = Store::open(dir.path(), opts()).unwrap();
+            prop_assert_eq!(&snapshot(&store), &rebuilt);
+        }
+    }
+
+    #[test]
+    fn duplicates_report_the_original_within_and_across_batches() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = init(dir.path());
+        let s = Spec { actor: 0, kind: 0, subject: None, key: Some(7) };
+        let out = store.append_many(vec![draft(&s), draft(&s)]).unwrap();
+        let AppendOutcome::Appended { seq, hash, .. } = out[0].clone() else { panic!("{out:?}") };
+        assert_eq!(out[1], AppendOutcome::Duplicate { seq, hash });
+        assert_eq!(store.append(draft(&s)).unwrap(), AppendOutcome::Duplicate { seq, hash });
+        store.close().unwrap();
+        let store = Store::open(dir.path(), opts()).unwrap();
+        assert_eq!(store.append(draft(&s)).unwrap(), AppendOutcome::Duplicate { seq, hash });
+        assert_eq!(store.head().unwrap().0, 1);
+    }
+
+    #[test]
+    fn concurrent_appenders_share_commits_and_keep_the_chain() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = init(dir.path());
+        let threads: Vec<_> = (0..4)
+            .map(|t| {
+                let store = store.clone();
+                std::thread::spawn(move || {
+                    for i in 0..50u16 {
+                        let s = Spec { actor: t, kind: 1, subject: Some(i % 7), key: None };
+                        let out = store.append(draft(&s)).unwrap();
+                        assert!(matches!(out, AppendOutcome::Appended { .. }));
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert_eq!(store.head().unwrap().0, 200);
+        let report = crate::doctor::verify(&store, None, &mut |_, _| {}).unwrap();
+        assert!(report.damage.is_empty(), "{:?}", report.damage);
+        assert_eq!(report.events, 200);
+        let by_subject = store.by_subject(&Subject::new("object:3").unwrap(), 0, 1_000).unwrap();
+        assert!(by_subject.iter().all(|e| e.subject().map(Subject::as_str) == Some("object:3")));
+        assert!(by_subject.windows(2).all(|w| w[0].seq() < w[1].seq()));
+    }
+
+    #[test]
+    fn subject_posting_lists_span_chunks() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = init(dir.path());
+        let n = crate::projection::subjects::CHUNK_SEQS * 2 + 17;
+        let s = Spec { actor: 0, kind: 0, subject: Some(1), key: None };
+        store.append_many((0..n).map(|_| draft(&s)).collect()).unwrap();
+        let all = store.by_subject(&Subject::new("object:1").unwrap(), 0, usize::MAX).unwrap();
+        assert_eq!(all.len(), n);
+        let after = store.by_subject(&Subject::new("object:1").unwrap(), 600, 10).unwrap();
+        assert_eq!(after.first().map(|e| e.seq().get()), Some(601));
+        assert_eq!(after.len(), 10);
+    }
+
+    #[test]
+    fn oversized_event_is_rejected_not_fatal() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = init(dir.path());
+        // Floats take more bytes in CBOR than in JSON: a payload within the
+        // JSON bound can exceed the envelope bound and must be refused
+        // alone.
+        let floats: Vec<f64> = (0..690).map(|i| f64::from(i) + 0.1).collect();
+        let mut big = draft(&Spec { actor: 0, kind: 0, subject: None, key: None });
+        big.payload = crate::event::Payload::new(serde_json::json!({ "f": floats })).unwrap();
+        let ok = draft(&Spec { actor: 0, kind: 0, subject: None, key: None });
+        let out = store.append_many(vec![big, ok]).unwrap();
+        assert!(matches!(out[0], AppendOutcome::Rejected { .. }), "{out:?}");
+        assert!(matches!(out[1], AppendOutcome::Appended { seq, .. } if seq.get() == 1));
+    }
+
+    #[test]
+    fn init_twice_and_open_missing_are_clear_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = Store::open(&dir.path().join("nope"), opts());
+        assert!(matches!(missing, Err(OpenError::NotInitialized { .. })));
+        let store = init(dir.path());
+        store.close().unwrap();
+        let again = Store::init(
+            dir.path(),
+            InitOptions { device: None, profile: ProfileId::new("profile:x").unwrap() },
+            opts(),
+        );
+        assert!(matches!(again, Err(OpenError::AlreadyInitialized { .. })));
+    }
+}
