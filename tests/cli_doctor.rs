@@ -5,6 +5,13 @@
 //! durable damage: exit 3, named by sequence, and `--repair` changes
 //! nothing.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
 mod support;
 
 use serde_json::Value;
@@ -52,7 +59,8 @@ fn damage(home: &Home, tree: &str, how: Damage) {
             t.remove(k).unwrap();
         }
         Damage::Add => {
-            t.insert(b"\x01stray-record", b"0123456789abcdef".to_vec()).unwrap();
+            t.insert(b"\x01stray-record", b"0123456789abcdef".to_vec())
+                .unwrap();
         }
         Damage::DropTree => {
             drop(t);
@@ -120,7 +128,11 @@ fn check_repair_cycle(tree: &str, how: Damage) {
     assert_eq!(code, Some(0), "{tree} {how:?}: {repaired:#}");
     assert_eq!(repaired["outcome"], "repaired");
     let repair = &repaired["repair"];
-    assert!(repair["rebuilt"].as_array().unwrap().iter().any(|r| format!("p.{}", r[0].as_str().unwrap()) == tree));
+    assert!(repair["rebuilt"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|r| format!("p.{}", r[0].as_str().unwrap()) == tree));
     assert_eq!(repair["report_event_seq"], 301);
 
     let (code, after) = doctor_json(&home, &[]);
@@ -128,7 +140,11 @@ fn check_repair_cycle(tree: &str, how: Damage) {
     assert!(after["findings"].as_array().unwrap().is_empty());
 
     let now = home.status_json();
-    assert_eq!(comparable(now.clone()), comparable(before.clone()), "{tree} {how:?}");
+    assert_eq!(
+        comparable(now.clone()),
+        comparable(before.clone()),
+        "{tree} {how:?}"
+    );
     assert_eq!(now["log"]["head_seq"], 301);
     assert_eq!(now["events_by_kind"]["syncd.doctor.repaired"], 1);
     // The repair report is the one new event.
@@ -220,7 +236,10 @@ fn flipped_byte_in_an_event_is_durable_damage_and_repair_changes_nothing() {
     let (code, repaired) = doctor_json(&home, &["--repair"]);
     assert_eq!(code, Some(3), "{repaired:#}");
     assert!(repaired["repair"]["rebuilt"].as_array().unwrap().is_empty());
-    assert!(!repaired["repair"]["remains_for_human"].as_array().unwrap().is_empty());
+    assert!(!repaired["repair"]["remains_for_human"]
+        .as_array()
+        .unwrap()
+        .is_empty());
     assert_eq!(home.raw_dump(), dump, "--repair modified the store");
 
     // verify agrees and names the event; ingest refuses to extend a
@@ -235,14 +254,29 @@ fn missing_event_is_a_gap_named_by_sequence() {
     let home = seeded();
     {
         let db = home.raw_db();
-        db.open_tree("events").unwrap().remove(50u64.to_be_bytes()).unwrap();
+        db.open_tree("events")
+            .unwrap()
+            .remove(50u64.to_be_bytes())
+            .unwrap();
         db.flush().unwrap();
     }
     let (code, report) = doctor_json(&home, &[]);
     assert_eq!(code, Some(3), "{report:#}");
-    let ids: Vec<&str> = report["findings"].as_array().unwrap().iter().map(|f| f["id"].as_str().unwrap()).collect();
-    assert!(ids.iter().any(|id| id.starts_with("log.gap:events:51")), "{ids:?}");
-    assert!(ids.iter().any(|id| id.starts_with("log.chain_break:events:51")), "{ids:?}");
+    let ids: Vec<&str> = report["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["id"].as_str().unwrap())
+        .collect();
+    assert!(
+        ids.iter().any(|id| id.starts_with("log.gap:events:51")),
+        "{ids:?}"
+    );
+    assert!(
+        ids.iter()
+            .any(|id| id.starts_with("log.chain_break:events:51")),
+        "{ids:?}"
+    );
 }
 
 #[test]
@@ -260,11 +294,22 @@ fn damaged_head_event_blocks_writes_but_not_reads() {
 #[test]
 fn verify_proves_a_head() {
     let home = seeded();
-    let head = home.status_json()["log"]["head_hash"].as_str().unwrap().to_owned();
+    let head = home.status_json()["log"]["head_hash"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     let ok = home.run(&["verify", "--expect-head", &head]);
     assert_eq!(ok.status.code(), Some(0), "{}", stderr(&ok));
     assert!(stdout(&ok).contains(&head));
     let other = format!("blake3:{}", "0".repeat(64));
-    assert_eq!(home.run(&["verify", "--expect-head", &other]).status.code(), Some(1));
-    assert_eq!(home.run(&["verify", "--expect-head", "nonsense"]).status.code(), Some(2));
+    assert_eq!(
+        home.run(&["verify", "--expect-head", &other]).status.code(),
+        Some(1)
+    );
+    assert_eq!(
+        home.run(&["verify", "--expect-head", "nonsense"])
+            .status
+            .code(),
+        Some(2)
+    );
 }

@@ -3,6 +3,13 @@
 //! duplicates name the original, and every kind of bad input is rejected
 //! with a reason while appending nothing.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
 mod support;
 
 use support::{event, json_lines, stderr, stdout, Home};
@@ -19,7 +26,9 @@ fn good_lines_are_appended_in_order_with_hashes() {
         assert_eq!(r["result"], "appended");
         assert_eq!(r["line"], i as u64 + 1);
         assert_eq!(r["seq"], i as u64 + 1);
-        assert!(r["hash"].as_str().is_some_and(|h| h.starts_with("blake3:") && h.len() == 71));
+        assert!(r["hash"]
+            .as_str()
+            .is_some_and(|h| h.starts_with("blake3:") && h.len() == 71));
     }
     // The log shows the same events with the same hashes.
     let log = home.run(&["log", "--json", "--limit", "1000"]);
@@ -53,41 +62,85 @@ fn repeated_idempotency_key_appends_nothing_and_names_the_original() {
 #[test]
 fn bad_input_is_rejected_with_a_reason_and_appends_nothing() {
     let long_actor = format!(r#"{{"kind":"a.b","actor":"actor:{}"}}"#, "x".repeat(300));
-    let long_subject = format!(r#"{{"kind":"a.b","actor":"a","subject":"{}"}}"#, "s".repeat(600));
-    let long_key = format!(r#"{{"kind":"a.b","actor":"a","idempotency_key":"{}"}}"#, "k".repeat(257));
-    let big_payload = format!(r#"{{"kind":"a.b","actor":"a","payload":{{"x":"{}"}}}}"#, "p".repeat(5000));
-    let huge_line = format!(r#"{{"kind":"a.b","actor":"a","payload":{{"x":"{}"}}}}"#, "h".repeat(70_000));
+    let long_subject = format!(
+        r#"{{"kind":"a.b","actor":"a","subject":"{}"}}"#,
+        "s".repeat(600)
+    );
+    let long_key = format!(
+        r#"{{"kind":"a.b","actor":"a","idempotency_key":"{}"}}"#,
+        "k".repeat(257)
+    );
+    let big_payload = format!(
+        r#"{{"kind":"a.b","actor":"a","payload":{{"x":"{}"}}}}"#,
+        "p".repeat(5000)
+    );
+    let huge_line = format!(
+        r#"{{"kind":"a.b","actor":"a","payload":{{"x":"{}"}}}}"#,
+        "h".repeat(70_000)
+    );
     let cases: Vec<(String, &str)> = vec![
         ("{not json".into(), "not a valid event line"),
         (r#"["kind"]"#.into(), "not a valid event line"),
-        (r#"{"actor":"actor:a"}"#.into(), "missing required field `kind`"),
+        (
+            r#"{"actor":"actor:a"}"#.into(),
+            "missing required field `kind`",
+        ),
         (r#"{"kind":"a.b"}"#.into(), "missing required field `actor`"),
         (r#"{"kind":"Bad Kind","actor":"a"}"#.into(), "`kind`"),
-        (r#"{"kind":"syncd.doctor.repaired","actor":"a"}"#.into(), "reserved"),
+        (
+            r#"{"kind":"syncd.doctor.repaired","actor":"a"}"#.into(),
+            "reserved",
+        ),
         (long_actor, "`actor`: actor is"),
         (long_subject, "`subject`: subject is"),
         (long_key, "`idempotency_key`: idempotency key is 257 bytes"),
-        (r#"{"kind":"a.b","actor":"a","idempotency_key":""}"#.into(), "`idempotency_key`: idempotency key must not be empty"),
-        (r#"{"kind":"a.b","actor":"a","idempotency_key":"tab\there"}"#.into(), "`idempotency_key`: idempotency key contains"),
-        (r#"{"kind":"a.b","actor":"a","idempotency_key":7}"#.into(), "must be a string"),
-        (r#"{"kind":"a.b","actor":"a","payload":[1,2]}"#.into(), "`payload`"),
+        (
+            r#"{"kind":"a.b","actor":"a","idempotency_key":""}"#.into(),
+            "`idempotency_key`: idempotency key must not be empty",
+        ),
+        (
+            r#"{"kind":"a.b","actor":"a","idempotency_key":"tab\there"}"#.into(),
+            "`idempotency_key`: idempotency key contains",
+        ),
+        (
+            r#"{"kind":"a.b","actor":"a","idempotency_key":7}"#.into(),
+            "must be a string",
+        ),
+        (
+            r#"{"kind":"a.b","actor":"a","payload":[1,2]}"#.into(),
+            "`payload`",
+        ),
         (big_payload, "`payload`: payload is"),
         (huge_line, "longer than 65536 bytes"),
-        (r#"{"kind":"a.b","actor":"a","colour":"red"}"#.into(), "unknown field `colour`"),
+        (
+            r#"{"kind":"a.b","actor":"a","colour":"red"}"#.into(),
+            "unknown field `colour`",
+        ),
     ];
     for (bad, want) in &cases {
         let home = Home::new();
         let out = home.ingest(&[event(1), bad.clone(), event(3)]);
-        assert_eq!(out.status.code(), Some(65), "line {bad:.60}: {}", stderr(&out));
+        assert_eq!(
+            out.status.code(),
+            Some(65),
+            "line {bad:.60}: {}",
+            stderr(&out)
+        );
         let results = json_lines(&out);
         assert_eq!(results.len(), 3, "{}", stdout(&out));
         assert_eq!(results[0]["result"], "appended");
         assert_eq!(results[1]["result"], "rejected");
         assert_eq!(results[1]["line"], 2);
         let reason = results[1]["reason"].as_str().unwrap_or_default();
-        assert!(reason.contains(want), "for {bad:.60}: reason {reason:?} lacks {want:?}");
+        assert!(
+            reason.contains(want),
+            "for {bad:.60}: reason {reason:?} lacks {want:?}"
+        );
         assert_eq!(results[2]["result"], "appended");
-        assert_eq!(results[2]["seq"], 2, "the rejected line must not take a sequence number");
+        assert_eq!(
+            results[2]["seq"], 2,
+            "the rejected line must not take a sequence number"
+        );
         assert_eq!(home.head(), 2);
     }
 }
@@ -102,7 +155,10 @@ fn invalid_utf8_is_rejected_not_fatal() {
     assert_eq!(out.status.code(), Some(65));
     let results = json_lines(&out);
     assert_eq!(results[1]["result"], "rejected");
-    assert!(results[1]["reason"].as_str().unwrap_or_default().contains("UTF-8"));
+    assert!(results[1]["reason"]
+        .as_str()
+        .unwrap_or_default()
+        .contains("UTF-8"));
     assert_eq!(home.head(), 2);
 }
 
@@ -145,7 +201,10 @@ fn log_by_subject_and_range() {
     let got: Vec<u64> = docs.iter().map(|d| d["seq"].as_u64().unwrap()).collect();
     assert_eq!(got, expected);
     let out = home.run(&["log", "--from", "90", "--limit", "5", "--json"]);
-    let got: Vec<u64> = json_lines(&out).iter().map(|d| d["seq"].as_u64().unwrap()).collect();
+    let got: Vec<u64> = json_lines(&out)
+        .iter()
+        .map(|d| d["seq"].as_u64().unwrap())
+        .collect();
     assert_eq!(got, vec![90, 91, 92, 93, 94]);
     let text = home.run(&["log", "--limit", "2"]);
     assert_eq!(stdout(&text).lines().count(), 2);

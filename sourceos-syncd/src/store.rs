@@ -345,10 +345,29 @@ fn read_holder(home: &Path) -> Option<Holder> {
     }
 }
 
+/// The running command line, program by file name, bounded in length.
+fn holder_command() -> String {
+    const MAX_CHARS: usize = 200;
+    let mut args = std::env::args();
+    let program = args
+        .next()
+        .map(|p| {
+            Path::new(&p)
+                .file_name()
+                .map_or(p.clone(), |n| n.to_string_lossy().into_owned())
+        })
+        .unwrap_or_default();
+    let line = std::iter::once(program)
+        .chain(args)
+        .collect::<Vec<_>>()
+        .join(" ");
+    line.chars().take(MAX_CHARS).collect()
+}
+
 fn write_holder(home: &Path, now: Timestamp) {
     let holder = Holder {
         pid: std::process::id(),
-        command: std::env::args().take(3).collect::<Vec<_>>().join(" "),
+        command: holder_command(),
         since: now.to_string(),
     };
     if let Ok(text) = serde_json::to_string(&holder) {
@@ -1114,7 +1133,10 @@ mod tests {
 
     fn opts() -> OpenOptions {
         OpenOptions {
-            clock: Arc::new(SteppingClock::new(Timestamp::from_unix_micros(1_700_000_000_000_000), 1_000)),
+            clock: Arc::new(SteppingClock::new(
+                Timestamp::from_unix_micros(1_700_000_000_000_000),
+                1_000,
+            )),
             ids: Arc::new(CountingIdGenerator::new(1_700_000_000_000)),
             ..OpenOptions::default()
         }
@@ -1133,7 +1155,9 @@ mod tests {
     }
 
     /// Raw content of every derived tree, after flushing staged writes.
-    fn snapshot(store: &Store) -> BTreeMap<String, Vec<(Vec<u8>, Vec<u8>)>> {
+    type Rows = Vec<(Vec<u8>, Vec<u8>)>;
+
+    fn snapshot(store: &Store) -> BTreeMap<String, Rows> {
         store.flush().unwrap();
         let mut out = BTreeMap::new();
         for name in store.storage().derived_tree_names() {
@@ -1156,14 +1180,28 @@ mod tests {
             ActorId::new(format!("actor:a{}", s.actor)).unwrap(),
             EventKind::new(format!("kind.k{}", s.kind)).unwrap(),
         );
-        d.subject = s.subject.map(|n| Subject::new(format!("object:{n}")).unwrap());
-        d.idempotency_key = s.key.map(|n| IdempotencyKey::new(format!("key-{n}")).unwrap());
+        d.subject = s
+            .subject
+            .map(|n| Subject::new(format!("object:{n}")).unwrap());
+        d.idempotency_key = s
+            .key
+            .map(|n| IdempotencyKey::new(format!("key-{n}")).unwrap());
         d
     }
 
     fn spec() -> impl Strategy<Value = Spec> {
-        (0u8..4, 0u8..5, proptest::option::of(0u16..40), proptest::option::weighted(0.4, 0u16..300))
-            .prop_map(|(actor, kind, subject, key)| Spec { actor, kind, subject, key })
+        (
+            0u8..4,
+            0u8..5,
+            proptest::option::of(0u16..40),
+            proptest::option::weighted(0.4, 0u16..300),
+        )
+            .prop_map(|(actor, kind, subject, key)| Spec {
+                actor,
+                kind,
+                subject,
+                key,
+            })
     }
 
     proptest! {
@@ -1206,14 +1244,27 @@ mod tests {
     fn duplicates_report_the_original_within_and_across_batches() {
         let dir = tempfile::tempdir().unwrap();
         let store = init(dir.path());
-        let s = Spec { actor: 0, kind: 0, subject: None, key: Some(7) };
+        let s = Spec {
+            actor: 0,
+            kind: 0,
+            subject: None,
+            key: Some(7),
+        };
         let out = store.append_many(vec![draft(&s), draft(&s)]).unwrap();
-        let AppendOutcome::Appended { seq, hash, .. } = out[0].clone() else { panic!("{out:?}") };
+        let AppendOutcome::Appended { seq, hash, .. } = out[0].clone() else {
+            panic!("{out:?}")
+        };
         assert_eq!(out[1], AppendOutcome::Duplicate { seq, hash });
-        assert_eq!(store.append(draft(&s)).unwrap(), AppendOutcome::Duplicate { seq, hash });
+        assert_eq!(
+            store.append(draft(&s)).unwrap(),
+            AppendOutcome::Duplicate { seq, hash }
+        );
         store.close().unwrap();
         let store = Store::open(dir.path(), opts()).unwrap();
-        assert_eq!(store.append(draft(&s)).unwrap(), AppendOutcome::Duplicate { seq, hash });
+        assert_eq!(
+            store.append(draft(&s)).unwrap(),
+            AppendOutcome::Duplicate { seq, hash }
+        );
         assert_eq!(store.head().unwrap().0, 1);
     }
 
@@ -1226,7 +1277,12 @@ mod tests {
                 let store = store.clone();
                 std::thread::spawn(move || {
                     for i in 0..50u16 {
-                        let s = Spec { actor: t, kind: 1, subject: Some(i % 7), key: None };
+                        let s = Spec {
+                            actor: t,
+                            kind: 1,
+                            subject: Some(i % 7),
+                            key: None,
+                        };
                         let out = store.append(draft(&s)).unwrap();
                         assert!(matches!(out, AppendOutcome::Appended { .. }));
                     }
@@ -1240,8 +1296,12 @@ mod tests {
         let report = crate::doctor::verify(&store, None, &mut |_, _| {}).unwrap();
         assert!(report.damage.is_empty(), "{:?}", report.damage);
         assert_eq!(report.events, 200);
-        let by_subject = store.by_subject(&Subject::new("object:3").unwrap(), 0, 1_000).unwrap();
-        assert!(by_subject.iter().all(|e| e.subject().map(Subject::as_str) == Some("object:3")));
+        let by_subject = store
+            .by_subject(&Subject::new("object:3").unwrap(), 0, 1_000)
+            .unwrap();
+        assert!(by_subject
+            .iter()
+            .all(|e| e.subject().map(Subject::as_str) == Some("object:3")));
         assert!(by_subject.windows(2).all(|w| w[0].seq() < w[1].seq()));
     }
 
@@ -1250,11 +1310,22 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = init(dir.path());
         let n = crate::projection::subjects::CHUNK_SEQS * 2 + 17;
-        let s = Spec { actor: 0, kind: 0, subject: Some(1), key: None };
-        store.append_many((0..n).map(|_| draft(&s)).collect()).unwrap();
-        let all = store.by_subject(&Subject::new("object:1").unwrap(), 0, usize::MAX).unwrap();
+        let s = Spec {
+            actor: 0,
+            kind: 0,
+            subject: Some(1),
+            key: None,
+        };
+        store
+            .append_many((0..n).map(|_| draft(&s)).collect())
+            .unwrap();
+        let all = store
+            .by_subject(&Subject::new("object:1").unwrap(), 0, usize::MAX)
+            .unwrap();
         assert_eq!(all.len(), n);
-        let after = store.by_subject(&Subject::new("object:1").unwrap(), 600, 10).unwrap();
+        let after = store
+            .by_subject(&Subject::new("object:1").unwrap(), 600, 10)
+            .unwrap();
         assert_eq!(after.first().map(|e| e.seq().get()), Some(601));
         assert_eq!(after.len(), 10);
     }
@@ -1267,9 +1338,19 @@ mod tests {
         // JSON bound can exceed the envelope bound and must be refused
         // alone.
         let floats: Vec<f64> = (0..690).map(|i| f64::from(i) + 0.1).collect();
-        let mut big = draft(&Spec { actor: 0, kind: 0, subject: None, key: None });
+        let mut big = draft(&Spec {
+            actor: 0,
+            kind: 0,
+            subject: None,
+            key: None,
+        });
         big.payload = crate::event::Payload::new(serde_json::json!({ "f": floats })).unwrap();
-        let ok = draft(&Spec { actor: 0, kind: 0, subject: None, key: None });
+        let ok = draft(&Spec {
+            actor: 0,
+            kind: 0,
+            subject: None,
+            key: None,
+        });
         let out = store.append_many(vec![big, ok]).unwrap();
         assert!(matches!(out[0], AppendOutcome::Rejected { .. }), "{out:?}");
         assert!(matches!(out[1], AppendOutcome::Appended { seq, .. } if seq.get() == 1));
@@ -1284,7 +1365,10 @@ mod tests {
         store.close().unwrap();
         let again = Store::init(
             dir.path(),
-            InitOptions { device: None, profile: ProfileId::new("profile:x").unwrap() },
+            InitOptions {
+                device: None,
+                profile: ProfileId::new("profile:x").unwrap(),
+            },
             opts(),
         );
         assert!(matches!(again, Err(OpenError::AlreadyInitialized { .. })));

@@ -13,6 +13,9 @@ pub fn bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_syncd"))
 }
 
+/// A raw key/value pair.
+pub type Row = (Vec<u8>, Vec<u8>);
+
 /// A temporary home with an initialised store.
 pub struct Home {
     pub dir: tempfile::TempDir,
@@ -21,13 +24,21 @@ pub struct Home {
 impl Home {
     pub fn new() -> Self {
         let home = Self::empty();
-        let out = home.run(&["init", "--device", "device:test-a", "--profile", "profile:local-dev"]);
+        let out = home.run(&[
+            "init",
+            "--device",
+            "device:test-a",
+            "--profile",
+            "profile:local-dev",
+        ]);
         assert_eq!(out.status.code(), Some(0), "init failed: {}", stderr(&out));
         home
     }
 
     pub fn empty() -> Self {
-        Self { dir: tempfile::tempdir().expect("temp dir") }
+        Self {
+            dir: tempfile::tempdir().expect("temp dir"),
+        }
     }
 
     pub fn path(&self) -> &Path {
@@ -72,12 +83,19 @@ impl Home {
 
     pub fn status_json(&self) -> serde_json::Value {
         let out = self.run(&["status", "--json"]);
-        assert_eq!(out.status.code(), Some(0), "status failed: {}", stderr(&out));
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "status failed: {}",
+            stderr(&out)
+        );
         serde_json::from_slice(&out.stdout).expect("status is JSON")
     }
 
     pub fn head(&self) -> u64 {
-        self.status_json()["log"]["head_seq"].as_u64().expect("head_seq")
+        self.status_json()["log"]["head_seq"]
+            .as_u64()
+            .expect("head_seq")
     }
 
     /// Opens the sled database directly (no syncd process may be running).
@@ -90,7 +108,7 @@ impl Home {
     }
 
     /// Every tree's raw content, for "nothing was modified" checks.
-    pub fn raw_dump(&self) -> Vec<(Vec<u8>, Vec<(Vec<u8>, Vec<u8>)>)> {
+    pub fn raw_dump(&self) -> Vec<(Vec<u8>, Vec<Row>)> {
         let db = self.raw_db();
         let mut names: Vec<Vec<u8>> = db.tree_names().into_iter().map(|n| n.to_vec()).collect();
         names.sort();
@@ -98,7 +116,11 @@ impl Home {
             .into_iter()
             .map(|n| {
                 let t = db.open_tree(&n).expect("tree");
-                let rows = t.iter().map(|r| r.expect("row")).map(|(k, v)| (k.to_vec(), v.to_vec())).collect();
+                let rows = t
+                    .iter()
+                    .map(|r| r.expect("row"))
+                    .map(|(k, v)| (k.to_vec(), v.to_vec()))
+                    .collect();
                 (n, rows)
             })
             .collect()
