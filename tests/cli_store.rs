@@ -136,3 +136,52 @@ fn syncd_home_environment_variable_selects_the_home() {
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert!(stdout(&out).contains("device:test-a"));
 }
+
+#[test]
+fn damaged_database_files_exit_4_with_a_message_not_a_panic() {
+    for damage in ["truncate", "garbage", "snapshot"] {
+        let home = Home::new();
+        home.ingest(&(0..50).map(event).collect::<Vec<_>>());
+        let db = home.path().join("db");
+        match damage {
+            "truncate" => {
+                let f = std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(db.join("db"))
+                    .unwrap();
+                f.set_len(100).unwrap();
+            }
+            "garbage" => {
+                let mut bytes = std::fs::read(db.join("db")).unwrap();
+                for b in bytes.iter_mut().skip(512).take(4096) {
+                    *b ^= 0xa5;
+                }
+                std::fs::write(db.join("db"), bytes).unwrap();
+            }
+            _ => {
+                for entry in std::fs::read_dir(&db).unwrap() {
+                    let p = entry.unwrap().path();
+                    if p.file_name()
+                        .unwrap()
+                        .to_string_lossy()
+                        .starts_with("snap.")
+                    {
+                        std::fs::write(&p, b"xx").unwrap();
+                    }
+                }
+            }
+        }
+        for cmd in [&["status"][..], &["doctor"], &["log"], &["verify"]] {
+            let out = home.run(cmd);
+            let err = stderr(&out);
+            assert!(!err.contains("panicked"), "{damage} {cmd:?}: {err}");
+            if out.status.code() != Some(0) {
+                assert_eq!(out.status.code(), Some(4), "{damage} {cmd:?}: {err}");
+                assert!(
+                    err.contains("syncd: error:") && err.contains("db"),
+                    "{damage} {cmd:?}: {err}"
+                );
+            }
+        }
+    }
+}

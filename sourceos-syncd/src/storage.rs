@@ -32,7 +32,16 @@ pub enum StorageError {
         /// The database directory.
         path: PathBuf,
     },
-    /// The engine reported an I/O or corruption error.
+    /// The engine found its own files damaged (not a record: the files
+    /// sled keeps them in).
+    #[error("the database files in {path} are damaged and cannot be read ({detail}); the log cannot be reached: restore the home from a backup or bundle")]
+    Corrupt {
+        /// The database directory.
+        path: PathBuf,
+        /// What the engine said.
+        detail: String,
+    },
+    /// The engine reported an I/O error.
     #[error("storage engine error on {path}: {source}")]
     Engine {
         /// The database directory.
@@ -389,6 +398,14 @@ fn classify(dir: &Path, e: sled::Error) -> StorageError {
     if is_lock {
         StorageError::Locked {
             path: dir.to_path_buf(),
+        }
+    } else if let sled::Error::Corruption { at, .. } = &e {
+        StorageError::Corrupt {
+            path: dir.to_path_buf(),
+            detail: match at {
+                Some(ptr) => format!("corrupted data at {ptr:?}"),
+                None => "corrupted data".to_owned(),
+            },
         }
     } else {
         StorageError::Engine {

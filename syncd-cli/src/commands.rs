@@ -87,6 +87,22 @@ fn init(cli: &Cli, home: &Path, a: &crate::cli::InitArgs) -> Result<u8, Failure>
     Ok(exit::OK)
 }
 
+/// One ingest result line: `line` and `result` first, for people reading
+/// the stream.
+#[derive(serde::Serialize)]
+struct ResultLine<'a> {
+    line: u64,
+    result: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    seq: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    hash: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<&'a str>,
+}
+
 fn ingest(cli: &Cli, home: &Path, a: &crate::cli::IngestArgs) -> Result<u8, Failure> {
     let store = open(cli, home, true)?;
     let (reader, total): (Box<dyn std::io::Read>, Option<u64>) = match &a.file {
@@ -108,15 +124,30 @@ fn ingest(cli: &Cli, home: &Path, a: &crate::cli::IngestArgs) -> Result<u8, Fail
     let closed = std::cell::Cell::new(false);
     let mut sink = |r: &core::IngestResult| -> std::io::Result<()> {
         let doc = match &r.outcome {
-            core::LineOutcome::Appended { seq, hash, id } => serde_json::json!({
-                "line": r.line, "result": "appended", "seq": seq, "hash": hash.to_string(), "id": id,
-            }),
-            core::LineOutcome::Duplicate { seq, hash } => serde_json::json!({
-                "line": r.line, "result": "duplicate", "seq": seq, "hash": hash.to_string(),
-            }),
-            core::LineOutcome::Rejected { reason } => serde_json::json!({
-                "line": r.line, "result": "rejected", "reason": reason,
-            }),
+            core::LineOutcome::Appended { seq, hash, id } => ResultLine {
+                line: r.line,
+                result: "appended",
+                seq: Some(*seq),
+                hash: Some(hash.to_string()),
+                id: Some(id),
+                reason: None,
+            },
+            core::LineOutcome::Duplicate { seq, hash } => ResultLine {
+                line: r.line,
+                result: "duplicate",
+                seq: Some(*seq),
+                hash: Some(hash.to_string()),
+                id: None,
+                reason: None,
+            },
+            core::LineOutcome::Rejected { reason } => ResultLine {
+                line: r.line,
+                result: "rejected",
+                seq: None,
+                hash: None,
+                id: None,
+                reason: Some(reason),
+            },
         };
         match out.borrow_mut().json(&doc) {
             Ok(()) => Ok(()),
