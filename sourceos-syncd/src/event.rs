@@ -202,6 +202,13 @@ pub struct Envelope {
     idem: Option<IdempotencyKey>,
     #[serde(default, skip_serializing_if = "Payload::is_empty")]
     payload: Payload,
+    /// Sequence number on the origin device, for an event recorded
+    /// elsewhere and imported here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    oseq: Option<Seq>,
+    /// Hash on the origin device, for an imported event.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    ohash: Option<Digest>,
     prev: Digest,
     hash: Digest,
 }
@@ -224,6 +231,10 @@ struct Unsealed<'a> {
     idem: &'a Option<IdempotencyKey>,
     #[serde(skip_serializing_if = "Payload::is_empty")]
     payload: &'a Payload,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    oseq: &'a Option<Seq>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ohash: &'a Option<Digest>,
     prev: &'a Digest,
 }
 
@@ -234,7 +245,21 @@ pub(crate) struct SealContext {
     pub id: EventId,
     pub at: Timestamp,
     pub origin: DeviceId,
+    /// For an imported event: its sequence and hash on the origin device.
+    pub foreign: Option<(Seq, Digest)>,
     pub prev: Digest,
+}
+
+/// Where an event was first recorded: its device, its sequence there and
+/// its hash there. For a local event that is the event's own seq and hash.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct OriginRef {
+    /// Recording device.
+    pub device: DeviceId,
+    /// Sequence number on that device.
+    pub seq: Seq,
+    /// Hash on that device.
+    pub hash: Digest,
 }
 
 /// Sealing failed: the draft cannot be stored.
@@ -296,6 +321,10 @@ impl Envelope {
             idempotency_key,
             payload,
         } = draft;
+        let (oseq, ohash) = match ctx.foreign {
+            Some((s, h)) => (Some(s), Some(h)),
+            None => (None, None),
+        };
         let unsealed = Unsealed {
             seq: ctx.seq,
             id: &ctx.id,
@@ -307,6 +336,8 @@ impl Envelope {
             session: &session,
             idem: &idempotency_key,
             payload: &payload,
+            oseq: &oseq,
+            ohash: &ohash,
             prev: &ctx.prev,
         };
         let mut bytes = Vec::with_capacity(320);
@@ -338,6 +369,8 @@ impl Envelope {
             session,
             idem: idempotency_key,
             payload,
+            oseq,
+            ohash,
             prev: ctx.prev,
             hash,
         };
@@ -407,6 +440,24 @@ impl Envelope {
         Ok(stored)
     }
 
+    /// The stored bytes of this envelope, re-encoded and checked to hash to
+    /// its own hash (the encoding is deterministic).
+    pub(crate) fn to_stored_bytes(&self) -> Result<Vec<u8>, EventDamage> {
+        let bytes = codec::encode("event envelope", self).map_err(|e| {
+            EventDamage::Decode(DecodeError {
+                what: "event envelope",
+                detail: e.to_string(),
+            })
+        })?;
+        let hash = Envelope::check_hash(&bytes)?;
+        if hash != self.hash {
+            return Err(EventDamage::Framing(
+                "re-encoding does not reproduce the stored hash",
+            ));
+        }
+        Ok(bytes)
+    }
+
     /// Sequence number.
     pub fn seq(&self) -> Seq {
         self.seq
@@ -447,6 +498,33 @@ impl Envelope {
     pub fn payload(&self) -> &Payload {
         &self.payload
     }
+    /// Where the event was first recorded (its own seq and hash when it
+    /// was recorded here).
+    pub fn origin_ref(&self) -> OriginRef {
+        OriginRef {
+            device: self.origin.clone(),
+            seq: self.oseq.unwrap_or(self.seq),
+            hash: self.ohash.unwrap_or(self.hash),
+        }
+    }
+
+    /// True when the event was recorded on another device and imported.
+    pub fn is_imported(&self) -> bool {
+        self.oseq.is_some()
+    }
+
+    /// The draft this event was sealed from (to re-record it elsewhere).
+    pub fn to_draft(&self) -> EventDraft {
+        EventDraft {
+            actor: self.actor.clone(),
+            kind: self.kind.clone(),
+            subject: self.subject.clone(),
+            session: self.session.clone(),
+            idempotency_key: self.idem.clone(),
+            payload: self.payload.clone(),
+        }
+    }
+
     /// Hash of the previous event (the genesis value for event 1).
     pub fn prev_hash(&self) -> Digest {
         self.prev
@@ -470,6 +548,8 @@ impl Envelope {
             session: self.session.as_ref().map(ToString::to_string),
             idempotency_key: self.idem.as_ref().map(ToString::to_string),
             payload: self.payload.to_value(),
+            origin_seq: self.oseq.map(Seq::get),
+            origin_hash: self.ohash.map(|h| h.to_string()),
             prev_hash: self.prev.to_string(),
             hash: self.hash.to_string(),
         }
@@ -502,6 +582,12 @@ pub struct EventDocument {
     pub idempotency_key: Option<String>,
     /// Payload object.
     pub payload: Value,
+    /// Sequence number on the origin device, for an imported event.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin_seq: Option<u64>,
+    /// Hash on the origin device, for an imported event.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin_hash: Option<String>,
     /// `blake3:` hash of the previous event.
     pub prev_hash: String,
     /// `blake3:` hash of this event.
@@ -519,6 +605,7 @@ mod tests {
             id: EventId::parse("01890a5d-ac96-774b-bcce-b302099a8057").unwrap(),
             at: Timestamp::parse("2026-11-24T09:00:00Z").unwrap(),
             origin: DeviceId::new("device:test").unwrap(),
+            foreign: None,
             prev: genesis(),
         }
     }

@@ -78,6 +78,7 @@ pub fn parse_line(line: &str) -> Result<EventDraft, String> {
     if let Some(p) = input.payload {
         draft.payload = Payload::new(p).map_err(|e| format!("`payload`: {e}"))?;
     }
+    crate::kinds::validate(&draft)?;
     Ok(draft)
 }
 

@@ -5,17 +5,23 @@
 //! be thrown away and rebuilt. This file is the crate's contract: modules
 //! are private and what other crates may use is re-exported here.
 
+mod bundle;
 mod clock;
 mod codec;
 mod doctor;
 mod event;
 mod ids;
 mod ingest;
+mod kinds;
 mod projection;
 mod status;
 mod storage;
 mod store;
 
+pub use bundle::{
+    export, import, restore, verify_bundle, BundleError, BundleManifest, ImportReport,
+    BUNDLE_FORMAT, BUNDLE_MAGIC,
+};
 pub use clock::{
     Clock, CountingIdGenerator, IdGenerator, SteppingClock, SystemClock, UuidV7Generator,
 };
@@ -25,8 +31,8 @@ pub use doctor::{
     FindingClass, RepairSummary, Severity, VerifyReport,
 };
 pub use event::{
-    genesis, Envelope, EventDamage, EventDocument, EventDraft, Payload, SealError, GENESIS_DOMAIN,
-    MAX_ENVELOPE_BYTES, MAX_PAYLOAD_BYTES,
+    genesis, Envelope, EventDamage, EventDocument, EventDraft, OriginRef, Payload, SealError,
+    GENESIS_DOMAIN, MAX_ENVELOPE_BYTES, MAX_PAYLOAD_BYTES,
 };
 pub use ids::{
     ActorId, DeviceId, Digest, EventId, EventKind, IdempotencyKey, InvalidValue, ProfileId, Seq,
@@ -35,6 +41,7 @@ pub use ids::{
 pub use ingest::{
     parse_line, IngestError, IngestResult, IngestSummary, Ingestor, LineOutcome, MAX_LINE_BYTES,
 };
+pub use kinds::{known_kinds, validate as validate_kind};
 pub use projection::summary::SummaryView;
 pub use projection::{Checkpoint, ProjectionError, ProjectionHealth, ProjectionStatus};
 pub use status::{

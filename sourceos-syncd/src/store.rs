@@ -16,12 +16,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::clock::{Clock, IdGenerator, SystemClock, UuidV7Generator};
 use crate::codec;
-use crate::event::{genesis, Envelope, EventDamage, EventDraft, SealContext};
+use crate::event::{genesis, Envelope, EventDamage, EventDraft, OriginRef, SealContext};
 use crate::ids::{
     DeviceId, Digest, IdempotencyKey, InvalidValue, ProfileId, Seq, Subject, Timestamp,
 };
 use crate::projection::{
-    self, idempotency, subjects, summary, Engine, FreshFold, Head, ProjectionError,
+    self, idempotency, origins, subjects, summary, Engine, FreshFold, Head, ProjectionError,
     ProjectionHealth, ProjectionStatus,
 };
 use crate::storage::{Storage, StorageError, StorageOptions};
@@ -66,6 +66,9 @@ pub struct InitOptions {
     pub device: Option<DeviceId>,
     /// Profile.
     pub profile: ProfileId,
+    /// Creation time to record (a restore keeps the original's); now when
+    /// absent.
+    pub created_at: Option<Timestamp>,
 }
 
 /// Options for opening a store.
@@ -285,8 +288,15 @@ enum LogState {
     Damaged(String),
 }
 
+/// One event to commit: submitted here, or recorded on another device and
+/// imported (verified, with its origin kept).
+pub(crate) enum Submission {
+    Local(EventDraft),
+    Foreign(Envelope),
+}
+
 struct Request {
-    drafts: Mutex<Option<Vec<EventDraft>>>,
+    drafts: Mutex<Option<Vec<Submission>>>,
     result: Mutex<Option<Result<Vec<AppendOutcome>, String>>>,
     len: usize,
 }
@@ -441,7 +451,7 @@ impl Store {
             },
             profile: init.profile,
             genesis: genesis(),
-            created_at: options.clock.now(),
+            created_at: init.created_at.unwrap_or_else(|| options.clock.now()),
         };
         let enc = |what, v: &dyn erased::Enc| v.enc(what);
         storage.meta_put_all(vec![
@@ -621,6 +631,21 @@ impl Store {
     /// Outcomes are returned in submission order. Concurrent callers share
     /// one flush and fsync.
     pub fn append_many(&self, drafts: Vec<EventDraft>) -> Result<Vec<AppendOutcome>, AppendError> {
+        self.submit(drafts.into_iter().map(Submission::Local).collect())
+    }
+
+    /// Appends events recorded on other devices (already verified), keeping
+    /// their id, time, origin device, origin sequence and origin hash. An
+    /// event whose origin slot is already here is a duplicate; a different
+    /// event claiming the same slot is rejected.
+    pub(crate) fn append_foreign(
+        &self,
+        events: Vec<Envelope>,
+    ) -> Result<Vec<AppendOutcome>, AppendError> {
+        self.submit(events.into_iter().map(Submission::Foreign).collect())
+    }
+
+    fn submit(&self, drafts: Vec<Submission>) -> Result<Vec<AppendOutcome>, AppendError> {
         let n = drafts.len();
         if n > MAX_SUBMISSION_EVENTS {
             return Err(AppendError::TooMany(n));
@@ -712,35 +737,70 @@ impl Store {
         let mut sealed: Vec<Envelope> = Vec::new();
         let mut outcomes: Vec<Vec<AppendOutcome>> = Vec::with_capacity(batch.len());
         let mut in_batch: HashMap<IdempotencyKey, (Seq, Digest)> = HashMap::new();
+        let mut in_batch_origins: HashMap<(DeviceId, Seq), (Seq, Digest)> = HashMap::new();
         for req in batch {
             let drafts = lock(&req.drafts)
                 .map_err(AppendError::Poisoned)?
                 .take()
                 .unwrap_or_default();
             let mut out = Vec::with_capacity(drafts.len());
-            for draft in drafts {
-                if let Some(key) = &draft.idempotency_key {
-                    if let Some((seq, hash)) = in_batch.get(key) {
-                        out.push(AppendOutcome::Duplicate {
-                            seq: *seq,
-                            hash: *hash,
-                        });
-                        continue;
+            for submission in drafts {
+                let (draft, ctx_origin) = match submission {
+                    Submission::Local(draft) => {
+                        if let Some(key) = &draft.idempotency_key {
+                            if let Some((seq, hash)) = in_batch.get(key) {
+                                out.push(AppendOutcome::Duplicate {
+                                    seq: *seq,
+                                    hash: *hash,
+                                });
+                                continue;
+                            }
+                            if let Some((seq, hash)) = self.find_duplicate(&st.engine, key)? {
+                                out.push(AppendOutcome::Duplicate { seq, hash });
+                                continue;
+                            }
+                        }
+                        (draft, None)
                     }
-                    if let Some((seq, hash)) = self.find_duplicate(&st.engine, key)? {
-                        out.push(AppendOutcome::Duplicate { seq, hash });
-                        continue;
+                    Submission::Foreign(env) => {
+                        let o = env.origin_ref();
+                        if let Some((seq, hash)) = in_batch_origins.get(&(o.device.clone(), o.seq))
+                        {
+                            out.push(self.same_origin(o.hash, *hash, *seq, &o));
+                            continue;
+                        }
+                        match self.find_origin(&st.engine, &o)? {
+                            Some((stored_hash, local)) => {
+                                out.push(self.same_origin(o.hash, stored_hash, local, &o));
+                                continue;
+                            }
+                            None => (env.to_draft(), Some((env.id(), env.recorded_at(), o))),
+                        }
                     }
-                }
+                };
                 let seq = Seq::new(head.seq.checked_add(1).ok_or(AppendError::Exhausted)?)
                     .map_err(|_| AppendError::Exhausted)?;
                 let key = draft.idempotency_key.clone();
-                let ctx = SealContext {
-                    seq,
-                    id: self.inner.ids.next_id(),
-                    at: self.inner.clock.now(),
-                    origin: self.inner.meta.device.clone(),
-                    prev: head.hash,
+                let origin_slot = ctx_origin
+                    .as_ref()
+                    .map(|(_, _, o)| (o.device.clone(), o.seq));
+                let ctx = match ctx_origin {
+                    None => SealContext {
+                        seq,
+                        id: self.inner.ids.next_id(),
+                        at: self.inner.clock.now(),
+                        origin: self.inner.meta.device.clone(),
+                        foreign: None,
+                        prev: head.hash,
+                    },
+                    Some((id, at, o)) => SealContext {
+                        seq,
+                        id,
+                        at,
+                        origin: o.device,
+                        foreign: Some((o.seq, o.hash)),
+                        prev: head.hash,
+                    },
                 };
                 match Envelope::seal(draft, ctx) {
                     Err(e) => out.push(AppendOutcome::Rejected {
@@ -752,7 +812,10 @@ impl Store {
                             hash: env.hash(),
                         };
                         if let Some(k) = key {
-                            in_batch.insert(k, (seq, env.hash()));
+                            in_batch.entry(k).or_insert((seq, env.hash()));
+                        }
+                        if let Some(slot) = origin_slot {
+                            in_batch_origins.insert(slot, (seq, env.origin_ref().hash));
                         }
                         out.push(AppendOutcome::Appended {
                             seq,
@@ -791,6 +854,101 @@ impl Store {
             *lock(&req.result).map_err(AppendError::Poisoned)? = Some(Ok(out));
         }
         Ok(())
+    }
+
+    /// Outcome for a foreign event whose origin slot is already filled:
+    /// the same event is a duplicate, a different one is refused.
+    fn same_origin(
+        &self,
+        incoming: Digest,
+        present: Digest,
+        local: Seq,
+        o: &OriginRef,
+    ) -> AppendOutcome {
+        if incoming == present {
+            AppendOutcome::Duplicate {
+                seq: local,
+                hash: present,
+            }
+        } else {
+            AppendOutcome::Rejected {
+                reason: format!(
+                    "{} event {} arrives with hash {incoming}, but the copy here (event {local}) has {present}: forked or forged history",
+                    o.device, o.seq
+                ),
+            }
+        }
+    }
+
+    /// Why a foreign event could not be imported here, if it could not:
+    /// a different event already holds its origin slot.
+    pub(crate) fn origin_conflict(&self, env: &Envelope) -> Result<Option<String>, AppendError> {
+        let o = env.origin_ref();
+        let st = lock(&self.inner.state).map_err(AppendError::Poisoned)?;
+        match self.find_origin(&st.engine, &o)? {
+            Some((present, local)) if present != o.hash => Ok(Some(format!(
+                "{} event {} has hash {} in the bundle but {present} here (event {local}): forked or forged history",
+                o.device, o.seq, o.hash
+            ))),
+            _ => Ok(None),
+        }
+    }
+
+    /// Writes verified events of a full bundle into a freshly created store,
+    /// byte for byte. Each must continue the chain exactly.
+    pub(crate) fn restore_events(&self, events: Vec<Envelope>) -> Result<(), AppendError> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        let mut st = lock(&self.inner.state).map_err(AppendError::Poisoned)?;
+        let mut head = st.head;
+        let mut rows = Vec::with_capacity(events.len());
+        for env in &events {
+            if env.seq().get() != head.seq + 1 || env.prev_hash() != head.hash {
+                return Err(AppendError::LogDamaged(format!(
+                    "restored event {} does not continue the chain at {}",
+                    env.seq(),
+                    head.seq
+                )));
+            }
+            let bytes = env
+                .to_stored_bytes()
+                .map_err(|e| AppendError::LogDamaged(format!("event {}: {e}", env.seq())))?;
+            rows.push((env.seq().to_key(), bytes));
+            head = Head {
+                seq: env.seq().get(),
+                hash: env.hash(),
+            };
+        }
+        self.inner.storage.events_append(rows)?;
+        self.inner.storage.sync_durable()?;
+        st.head = head;
+        Ok(())
+    }
+
+    /// The local copy of an origin slot: (origin hash, local sequence).
+    /// Events recorded here are their own origin.
+    fn find_origin(
+        &self,
+        engine: &Engine,
+        o: &OriginRef,
+    ) -> Result<Option<(Digest, Seq)>, AppendError> {
+        if o.device == self.inner.meta.device {
+            let raw = self.inner.storage.event_get(o.seq.to_key())?;
+            return match raw.as_deref().map(Envelope::verify) {
+                Some(Ok(env)) => Ok(Some((env.hash(), o.seq))),
+                Some(Err(d)) => Err(AppendError::LogDamaged(format!("event {}: {d}", o.seq))),
+                // Claims to be ours but we never recorded it.
+                None => Ok(Some((Digest::from_bytes([0; 32]), o.seq))),
+            };
+        }
+        let Some(state) = engine.staging(origins::NAME) else {
+            return Err(AppendError::DerivedDamaged(
+                "origins index unavailable".into(),
+            ));
+        };
+        origins::lookup(state, &o.device, o.seq)
+            .map_err(|e| AppendError::DerivedDamaged(e.to_string()))
     }
 
     fn find_duplicate(
@@ -1148,6 +1306,7 @@ mod tests {
             InitOptions {
                 device: Some(DeviceId::new("device:test").unwrap()),
                 profile: ProfileId::new("profile:test").unwrap(),
+                created_at: None,
             },
             opts(),
         )

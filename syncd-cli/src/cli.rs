@@ -49,6 +49,13 @@ pub enum Command {
     Rebuild(RebuildArgs),
     /// Verify the whole hash chain and print the head hash.
     Verify(VerifyArgs),
+    /// Write events to a self-verifying bundle (all, or those after --since).
+    Export(ExportArgs),
+    /// Append a peer's bundle; events keep their origin; re-importing is a
+    /// no-op. Exit 65 when the bundle is invalid or refused.
+    Import(ImportArgs),
+    /// Recreate a store from a full bundle in an empty home, byte for byte.
+    Restore(RestoreArgs),
     /// Fault-injection drills for practising recovery (derived state only).
     #[command(subcommand)]
     Drill(DrillCommand),
@@ -134,6 +141,40 @@ pub struct VerifyArgs {
     /// Fail unless the head hash equals this (proves a restore).
     #[arg(long, value_name = "HASH")]
     pub expect_head: Option<String>,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `syncd export`.
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    /// The bundle file to write.
+    #[arg(long, value_name = "FILE")]
+    pub out: PathBuf,
+    /// Only events after this sequence number.
+    #[arg(long, default_value_t = 0, value_name = "SEQ")]
+    pub since: u64,
+    /// Print the manifest as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `syncd import`.
+#[derive(Debug, Args)]
+pub struct ImportArgs {
+    /// The bundle file.
+    pub file: PathBuf,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `syncd restore`.
+#[derive(Debug, Args)]
+pub struct RestoreArgs {
+    /// The bundle file (a full export).
+    pub file: PathBuf,
     /// Print the result as JSON.
     #[arg(long)]
     pub json: bool,

@@ -41,6 +41,9 @@ pub fn run(cli: &Cli, home: &Path) -> Result<u8, Failure> {
         Command::Doctor(a) => doctor(cli, home, a),
         Command::Rebuild(a) => rebuild(cli, home, a),
         Command::Verify(a) => verify(cli, home, a),
+        Command::Export(a) => export(cli, home, a),
+        Command::Import(a) => import(cli, home, a),
+        Command::Restore(a) => restore(cli, home, a),
         Command::Drill(DrillCommand::DamageDerived(a)) => drill(cli, home, a),
     };
     match result {
@@ -62,7 +65,11 @@ fn init(cli: &Cli, home: &Path, a: &crate::cli::InitArgs) -> Result<u8, Failure>
         .map_err(|e| Failure::usage(format!("--profile: {e}")))?;
     let store = core::Store::init(
         home,
-        core::InitOptions { device, profile },
+        core::InitOptions {
+            device,
+            profile,
+            created_at: None,
+        },
         options(cli, true),
     )
     .map_err(|e| Failure::store(&e))?;
@@ -491,6 +498,109 @@ fn drill(cli: &Cli, home: &Path, a: &crate::cli::DamageArgs) -> Result<u8, Failu
     close(store)?;
     let mut out = Out::new();
     out.line(&format!("drill: {done}; now run `syncd doctor`"))?;
+    out.flush()?;
+    Ok(exit::OK)
+}
+
+/// Maps a bundle error: bad or refused bundles are bad input (65), the rest
+/// is the store's (4).
+fn bundle_failure(e: &core::BundleError) -> Failure {
+    let code = match e {
+        core::BundleError::Invalid { .. } | core::BundleError::Refused { .. } => exit::DATA,
+        core::BundleError::Io { .. } => exit::DATA,
+        _ => exit::STORE,
+    };
+    Failure {
+        code,
+        message: crate::chain(e),
+    }
+}
+
+fn export(cli: &Cli, home: &Path, a: &crate::cli::ExportArgs) -> Result<u8, Failure> {
+    let store = open(cli, home, true)?;
+    let (head, _) = store.head().map_err(|e| Failure {
+        code: exit::STORE,
+        message: e,
+    })?;
+    let bar = progress(head.saturating_sub(a.since), "events");
+    let mut on_progress = |done: u64, total: u64| {
+        bar.set_length(total.max(done));
+        bar.set_position(done);
+    };
+    let manifest = core::export(&store, &a.out, a.since, &mut on_progress);
+    bar.finish_and_clear();
+    let manifest = manifest.map_err(|e| bundle_failure(&e))?;
+    close(store)?;
+    let mut out = Out::new();
+    if a.json {
+        out.json(&manifest)?;
+    } else {
+        out.line(&format!(
+            "exported events {}..={} ({} events) of {} to {}",
+            manifest.first_seq,
+            manifest.last_seq,
+            manifest.event_count,
+            manifest.source_device,
+            a.out.display()
+        ))?;
+        out.line(&format!("  head     {}", manifest.head_hash))?;
+        out.line(&format!("  content  {}", manifest.content_digest))?;
+    }
+    out.flush()?;
+    Ok(exit::OK)
+}
+
+fn import(cli: &Cli, home: &Path, a: &crate::cli::ImportArgs) -> Result<u8, Failure> {
+    let store = open(cli, home, true)?;
+    let report = core::import(&store, &a.file);
+    close(store)?;
+    let report = report.map_err(|e| bundle_failure(&e))?;
+    let mut out = Out::new();
+    if a.json {
+        out.json(&report)?;
+    } else {
+        out.line(&format!(
+            "imported {} events from {}: {} appended, {} already here; head {}",
+            report.events,
+            report.source_device,
+            report.appended,
+            report.duplicates,
+            report.head_seq
+        ))?;
+    }
+    out.flush()?;
+    Ok(exit::OK)
+}
+
+fn restore(cli: &Cli, home: &Path, a: &crate::cli::RestoreArgs) -> Result<u8, Failure> {
+    let (store, manifest) =
+        core::restore(home, &a.file, options(cli, true)).map_err(|e| bundle_failure(&e))?;
+    let (head, hash) = store.head().map_err(|e| Failure {
+        code: exit::STORE,
+        message: e,
+    })?;
+    close(store)?;
+    let mut out = Out::new();
+    if a.json {
+        out.json(&serde_json::json!({
+            "home": home,
+            "device": manifest.source_device,
+            "profile": manifest.profile,
+            "head_seq": head,
+            "head_hash": hash.to_string(),
+        }))?;
+    } else {
+        out.line(&format!(
+            "restored {head} events of {} into {}",
+            manifest.source_device,
+            home.display()
+        ))?;
+        out.line(&format!("  head  {hash}"))?;
+        out.line(&format!(
+            "  prove it: syncd --home {} verify --expect-head {hash}",
+            home.display()
+        ))?;
+    }
     out.flush()?;
     Ok(exit::OK)
 }

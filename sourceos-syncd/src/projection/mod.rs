@@ -14,6 +14,7 @@
 //! folds the missing events again.
 
 pub(crate) mod idempotency;
+pub(crate) mod origins;
 pub(crate) mod subjects;
 pub(crate) mod summary;
 
@@ -334,6 +335,7 @@ pub(crate) fn builtin() -> Vec<Box<dyn Projection>> {
         Box::new(idempotency::IdempotencyIndex),
         Box::new(subjects::SubjectIndex),
         Box::new(summary::Summary),
+        Box::new(origins::OriginsIndex),
     ]
 }
 
