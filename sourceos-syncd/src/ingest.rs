@@ -78,7 +78,7 @@ pub fn parse_line(line: &str) -> Result<EventDraft, String> {
     if let Some(p) = input.payload {
         draft.payload = Payload::new(p).map_err(|e| format!("`payload`: {e}"))?;
     }
-    crate::kinds::validate(&draft)?;
+    crate::kinds::validate(&mut draft)?;
     Ok(draft)
 }
 
@@ -312,10 +312,10 @@ mod tests {
 
     #[test]
     fn minimal_and_full_lines_parse() {
-        let d = parse_line(r#"{"kind":"object.created","actor":"actor:a"}"#).unwrap();
-        assert_eq!(d.kind.as_str(), "object.created");
+        let d = parse_line(r#"{"kind":"note.added","actor":"actor:a"}"#).unwrap();
+        assert_eq!(d.kind.as_str(), "note.added");
         let d = parse_line(
-            r#"{"kind":"object.created","actor":"actor:agent-one","subject":"object:alpha","idempotency_key":"k-001","session":"urn:srcos:session:s1","payload":{"x":1}}"#,
+            r#"{"kind":"note.added","actor":"actor:agent-one","subject":"object:alpha","idempotency_key":"k-001","session":"urn:srcos:session:s1","payload":{"x":1}}"#,
         )
         .unwrap();
         assert_eq!(d.idempotency_key.unwrap().as_str(), "k-001");

@@ -10,9 +10,11 @@ mod clock;
 mod codec;
 mod doctor;
 mod event;
+mod explain;
 mod ids;
 mod ingest;
 mod kinds;
+mod model;
 mod projection;
 mod status;
 mod storage;
@@ -34,6 +36,10 @@ pub use event::{
     genesis, Envelope, EventDamage, EventDocument, EventDraft, OriginRef, Payload, SealError,
     GENESIS_DOMAIN, MAX_ENVELOPE_BYTES, MAX_PAYLOAD_BYTES,
 };
+pub use explain::{
+    conflicts, explain, objects, records, Blocker, ConflictView, Explanation, ObjectSummary,
+    RecordKind, SyncPlan, MAX_LISTED,
+};
 pub use ids::{
     ActorId, DeviceId, Digest, EventId, EventKind, IdempotencyKey, InvalidValue, ProfileId, Seq,
     SessionRef, Subject, Timestamp,
@@ -42,6 +48,8 @@ pub use ingest::{
     parse_line, IngestError, IngestResult, IngestSummary, Ingestor, LineOutcome, MAX_LINE_BYTES,
 };
 pub use kinds::{known_kinds, validate as validate_kind};
+pub use model::{ConflictOption, DeviceState, Effect};
+pub use projection::registry::{ConflictState, Counters as RegistryCounters, Step};
 pub use projection::summary::SummaryView;
 pub use projection::{Checkpoint, ProjectionError, ProjectionHealth, ProjectionStatus};
 pub use status::{

@@ -98,6 +98,10 @@ pub struct StatusDocument {
     pub policy_blocked: bool,
     /// Unresolved conflicts.
     pub conflict_count: u64,
+    /// Objects whose latest policy decision denies or holds them.
+    pub policy_blocked_objects: u64,
+    /// Objects registered.
+    pub object_count: u64,
     /// `syncd doctor --repair` is recommended.
     pub repair_needed: bool,
     /// Why writes are refused, when they are.
@@ -121,6 +125,10 @@ pub fn status(store: &Store) -> Result<StatusDocument, String> {
     let write_blocked_reason = store.write_blocker()?;
     let summary = store.summary().map_err(|e| e.to_string())?;
     let subject_count = store.subject_count().map_err(|e| e.to_string())?;
+    let counters = store
+        .registry_counters()
+        .map_err(|e| e.to_string())?
+        .unwrap_or_default();
     let mut repair_needed = false;
     let mut map = BTreeMap::new();
     for p in &projections {
@@ -142,10 +150,16 @@ pub fn status(store: &Store) -> Result<StatusDocument, String> {
         );
     }
     let degraded = write_blocked_reason.is_some();
+    let conflict_count = counters.open_conflicts;
+    let policy_blocked = counters.policy_blocked_objects > 0;
     let health = if repair_needed {
         Health::RepairRecommended
     } else if degraded {
         Health::Degraded
+    } else if conflict_count > 0 {
+        Health::Conflicted
+    } else if policy_blocked {
+        Health::PolicyBlocked
     } else {
         Health::Clean
     };
@@ -166,6 +180,13 @@ pub fn status(store: &Store) -> Result<StatusDocument, String> {
                 bad.join(", ")
             )
         }
+        Health::Conflicted => {
+            format!("conflicted: {conflict_count} unresolved conflict(s); see `syncd conflicts`")
+        }
+        Health::PolicyBlocked => format!(
+            "policy blocked: {} object(s) held by policy; see `syncd objects`",
+            counters.policy_blocked_objects
+        ),
         _ => format!(
             "degraded: {}",
             write_blocked_reason.clone().unwrap_or_default()
@@ -183,8 +204,10 @@ pub fn status(store: &Store) -> Result<StatusDocument, String> {
         active_workspace: None,
         active_device: meta.device.to_string(),
         degraded,
-        policy_blocked: false,
-        conflict_count: 0,
+        policy_blocked,
+        conflict_count,
+        policy_blocked_objects: counters.policy_blocked_objects,
+        object_count: counters.objects,
         repair_needed,
         write_blocked_reason,
         log: LogStatus {

@@ -303,6 +303,18 @@ impl DerivedTree {
         }
     }
 
+    /// Records whose key starts with `prefix`, in key order.
+    pub(crate) fn scan_prefix(
+        &self,
+        prefix: &[u8],
+    ) -> impl Iterator<Item = Result<RawPair, StorageError>> + '_ {
+        GuardedIter {
+            inner: self.tree.scan_prefix(prefix),
+            dir: &self.dir,
+            done: false,
+        }
+    }
+
     /// Applies puts (`Some`) and deletes (`None`) atomically.
     pub(crate) fn apply(
         &self,

@@ -21,8 +21,8 @@ use crate::ids::{
     DeviceId, Digest, IdempotencyKey, InvalidValue, ProfileId, Seq, Subject, Timestamp,
 };
 use crate::projection::{
-    self, idempotency, origins, subjects, summary, Engine, FreshFold, Head, ProjectionError,
-    ProjectionHealth, ProjectionStatus,
+    self, idempotency, origins, registry, subjects, summary, Engine, FreshFold, Head,
+    ProjectionError, ProjectionHealth, ProjectionStatus,
 };
 use crate::storage::{Storage, StorageError, StorageOptions};
 
@@ -760,6 +760,10 @@ impl Store {
                                 continue;
                             }
                         }
+                        if let Err(reason) = self.admit(&st.engine, &draft)? {
+                            out.push(AppendOutcome::Rejected { reason });
+                            continue;
+                        }
                         (draft, None)
                     }
                     Submission::Foreign(env) => {
@@ -823,6 +827,15 @@ impl Store {
                             id: env.id(),
                         });
                         rows.push((seq.to_key(), bytes));
+                        // Fold now (staged only, nothing written) so that
+                        // later drafts of this group are admitted against
+                        // the state this one creates. If the group does not
+                        // become durable the store is poisoned and this
+                        // staged state is never written.
+                        if let Err(e) = st.engine.fold(std::slice::from_ref(&env), head.seq) {
+                            st.poisoned = Some(format!("derived state failed while folding: {e}"));
+                            return Err(AppendError::Poisoned(e.to_string()));
+                        }
                         sealed.push(env);
                     }
                 }
@@ -843,7 +856,7 @@ impl Store {
                 return Err(AppendError::Storage(e));
             }
             st.head = head;
-            if let Err(e) = st.engine.apply(&sealed, head.seq) {
+            if let Err(e) = st.engine.flush_over_bound() {
                 // The events are durable and are acknowledged; the damaged
                 // projection is reported and refused further writes.
                 tracing::error!(error = %e, "projection failed after a durable append");
@@ -878,6 +891,18 @@ impl Store {
                 ),
             }
         }
+    }
+
+    /// Admission of a local draft against registered state.
+    fn admit(
+        &self,
+        engine: &Engine,
+        draft: &EventDraft,
+    ) -> Result<Result<(), String>, AppendError> {
+        let Some(state) = engine.staging(registry::NAME) else {
+            return Err(AppendError::DerivedDamaged("registry unavailable".into()));
+        };
+        registry::admit(state, draft).map_err(|e| AppendError::DerivedDamaged(e.to_string()))
     }
 
     /// Why a foreign event could not be imported here, if it could not:
@@ -1086,6 +1111,34 @@ impl Store {
         match st.engine.staging(summary::NAME) {
             Some(state) => summary::read(state).map(Some),
             None => Ok(None),
+        }
+    }
+
+    /// Runs `f` over the registry's current state.
+    pub(crate) fn with_registry<R>(
+        &self,
+        f: impl FnOnce(&projection::Staging) -> R,
+    ) -> Result<R, ProjectionError> {
+        let st = lock(&self.inner.state)
+            .map_err(|reason| ProjectionError::BadEvent { seq: 0, reason })?;
+        let state = st
+            .engine
+            .staging(registry::NAME)
+            .ok_or_else(|| ProjectionError::Damaged {
+                tree: projection::tree_name(registry::NAME),
+                key: String::new(),
+                reason: "the registry is not current; run `syncd doctor`".into(),
+            })?;
+        Ok(f(state))
+    }
+
+    /// Open conflicts and policy-blocked objects, when the registry is
+    /// current.
+    pub fn registry_counters(&self) -> Result<Option<registry::Counters>, ProjectionError> {
+        match self.with_registry(registry::status_counters) {
+            Ok(c) => c.map(Some),
+            Err(ProjectionError::Damaged { .. }) => Ok(None),
+            Err(e) => Err(e),
         }
     }
 
@@ -1527,6 +1580,7 @@ mod tests {
             InitOptions {
                 device: None,
                 profile: ProfileId::new("profile:x").unwrap(),
+                created_at: None,
             },
             opts(),
         );

@@ -49,6 +49,22 @@ pub enum Command {
     Rebuild(RebuildArgs),
     /// Verify the whole hash chain and print the head hash.
     Verify(VerifyArgs),
+    /// Answer everything about one object: what it is, its schema, who last
+    /// changed it, owner, whether it may sync and why not, conflicts, what
+    /// is repairable, what needs review, durability, restore proof.
+    Explain(ExplainArgs),
+    /// List objects.
+    Objects(ListArgs),
+    /// List actors.
+    Actors(ListArgs),
+    /// List schemas.
+    Schemas(ListArgs),
+    /// List devices.
+    Devices(ListArgs),
+    /// List profiles.
+    Profiles(ListArgs),
+    /// List conflicts with their decision cards.
+    Conflicts(ListArgs),
     /// Write events to a self-verifying bundle (all, or those after --since).
     Export(ExportArgs),
     /// Append a peer's bundle; events keep their origin; re-importing is a
@@ -142,6 +158,24 @@ pub struct VerifyArgs {
     #[arg(long, value_name = "HASH")]
     pub expect_head: Option<String>,
     /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `syncd explain`.
+#[derive(Debug, Args)]
+pub struct ExplainArgs {
+    /// The object id (`object:alpha`).
+    pub object: String,
+    /// Print the answers as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// The listing commands.
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// Print as JSON (one array).
     #[arg(long)]
     pub json: bool,
 }

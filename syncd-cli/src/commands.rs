@@ -41,6 +41,15 @@ pub fn run(cli: &Cli, home: &Path) -> Result<u8, Failure> {
         Command::Doctor(a) => doctor(cli, home, a),
         Command::Rebuild(a) => rebuild(cli, home, a),
         Command::Verify(a) => verify(cli, home, a),
+        Command::Explain(a) => explain(cli, home, a),
+        Command::Objects(a) => list_objects(cli, home, a),
+        Command::Actors(a) => list_records(cli, home, a, core::RecordKind::Actors, "actor_id"),
+        Command::Schemas(a) => list_records(cli, home, a, core::RecordKind::Schemas, "schema_id"),
+        Command::Devices(a) => list_records(cli, home, a, core::RecordKind::Devices, "device_id"),
+        Command::Profiles(a) => {
+            list_records(cli, home, a, core::RecordKind::Profiles, "profile_id")
+        }
+        Command::Conflicts(a) => list_conflicts(cli, home, a),
         Command::Export(a) => export(cli, home, a),
         Command::Import(a) => import(cli, home, a),
         Command::Restore(a) => restore(cli, home, a),
@@ -600,6 +609,182 @@ fn restore(cli: &Cli, home: &Path, a: &crate::cli::RestoreArgs) -> Result<u8, Fa
             "  prove it: syncd --home {} verify --expect-head {hash}",
             home.display()
         ))?;
+    }
+    out.flush()?;
+    Ok(exit::OK)
+}
+
+fn explain(cli: &Cli, home: &Path, a: &crate::cli::ExplainArgs) -> Result<u8, Failure> {
+    let store = open(cli, home, true)?;
+    let answer = core::explain(&store, &a.object).map_err(|e| Failure::store(&e))?;
+    close(store)?;
+    let Some(x) = answer else {
+        return Err(Failure {
+            code: exit::DATA,
+            message: format!("unknown object {}", a.object),
+        });
+    };
+    let mut out = Out::new();
+    if a.json {
+        out.json_pretty(&x)?;
+        out.flush()?;
+        return Ok(exit::OK);
+    }
+    let opt = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
+    out.line(&format!(
+        "{}  ({}, {}, version {})",
+        x.object_id,
+        opt(&x.object_type),
+        x.state,
+        x.version
+    ))?;
+    out.line(&format!(
+        "  schema          {}{}",
+        opt(&x.schema.schema_id),
+        if x.schema.registered {
+            ""
+        } else {
+            " (NOT registered)"
+        }
+    ))?;
+    out.line(&format!("  created by      {}", x.created_by))?;
+    out.line(&format!(
+        "  last changed    by {} on {} (event {})",
+        x.last_changed.actor, x.last_changed.device, x.last_changed.seq
+    ))?;
+    out.line(&format!(
+        "  owner           {} / {}",
+        x.owner_device,
+        opt(&x.owner_profile)
+    ))?;
+    out.line(&format!(
+        "  privacy         {}, visibility {}, retention {}",
+        opt(&x.privacy_class),
+        opt(&x.sync_visibility),
+        opt(&x.retention_class)
+    ))?;
+    if x.sync_plan.may_sync {
+        out.line(&format!(
+            "  sync            allowed, scope {}",
+            opt(&x.sync_plan.scope)
+        ))?;
+    } else {
+        out.line("  sync            BLOCKED")?;
+        for b in &x.sync_plan.blocked_by {
+            out.line(&format!("    - {}: {}", b.code, b.reason))?;
+        }
+    }
+    if let Some(d) = &x.policy_decision {
+        let get = |k: &str| d.get(k).and_then(|v| v.as_str()).unwrap_or("-").to_owned();
+        out.line(&format!(
+            "  policy          {} {} ({})",
+            get("decision_id"),
+            get("effect"),
+            get("policy_id")
+        ))?;
+    }
+    for c in &x.conflicts {
+        let state = match (&c.selected_option, c.resolved_seq) {
+            (Some(o), Some(_)) => format!("resolved: {o:?}").to_lowercase(),
+            _ => format!("OPEN, recommended {:?}", c.recommended_option).to_lowercase(),
+        };
+        out.line(&format!(
+            "  conflict        {} between {} on {} ({state})",
+            c.conflict_id,
+            c.actors.join(" and "),
+            c.devices.join(" and ")
+        ))?;
+    }
+    for r in &x.needs_human_review {
+        out.line(&format!("  needs review    {r}"))?;
+    }
+    for r in &x.repairable_automatically {
+        out.line(&format!("  repairable      {r}"))?;
+    }
+    out.line(&format!("  durable         {}", x.durability.durable))?;
+    out.line(&format!("  rebuildable     {}", x.durability.rebuildable))?;
+    out.line(&format!(
+        "  restore proof   {}",
+        x.restore_proof.verify_with
+    ))?;
+    out.flush()?;
+    Ok(exit::OK)
+}
+
+fn list_objects(cli: &Cli, home: &Path, a: &crate::cli::ListArgs) -> Result<u8, Failure> {
+    let store = open(cli, home, true)?;
+    let list = core::objects(&store).map_err(|e| Failure::store(&e))?;
+    close(store)?;
+    let mut out = Out::new();
+    if a.json {
+        out.json_pretty(&list)?;
+    } else {
+        for o in &list {
+            out.line(&format!(
+                "{:<32} {:<14} {:<10} {:<20} {:<8} {}",
+                o.object_id,
+                o.object_type.as_deref().unwrap_or("-"),
+                o.state,
+                o.version,
+                if o.may_sync { "sync" } else { "BLOCKED" },
+                o.last_modified_by
+            ))?;
+        }
+    }
+    out.flush()?;
+    Ok(exit::OK)
+}
+
+fn list_records(
+    cli: &Cli,
+    home: &Path,
+    a: &crate::cli::ListArgs,
+    kind: core::RecordKind,
+    id_field: &str,
+) -> Result<u8, Failure> {
+    let store = open(cli, home, true)?;
+    let list = core::records(&store, kind).map_err(|e| Failure::store(&e))?;
+    close(store)?;
+    let mut out = Out::new();
+    if a.json {
+        out.json_pretty(&list)?;
+    } else {
+        for r in &list {
+            let id = r.get(id_field).and_then(|v| v.as_str()).unwrap_or("-");
+            let name = r.get("display_name").and_then(|v| v.as_str()).unwrap_or("");
+            let revoked = r.get("revoked").and_then(|v| v.as_bool()) == Some(true);
+            out.line(&format!(
+                "{id:<36} {name}{}",
+                if revoked { "  (revoked)" } else { "" }
+            ))?;
+        }
+    }
+    out.flush()?;
+    Ok(exit::OK)
+}
+
+fn list_conflicts(cli: &Cli, home: &Path, a: &crate::cli::ListArgs) -> Result<u8, Failure> {
+    let store = open(cli, home, true)?;
+    let list = core::conflicts(&store).map_err(|e| Failure::store(&e))?;
+    close(store)?;
+    let mut out = Out::new();
+    if a.json {
+        out.json_pretty(&list)?;
+    } else {
+        for c in &list {
+            let state = match &c.selected_option {
+                Some(o) => format!("resolved ({o:?})").to_lowercase(),
+                None => format!("open, recommended {:?}", c.recommended_option).to_lowercase(),
+            };
+            out.line(&format!(
+                "{}  {}  {} vs {} on {}  {state}",
+                c.conflict_id,
+                c.object_id,
+                c.actors.first().map_or("-", String::as_str),
+                c.actors.get(1).map_or("-", String::as_str),
+                c.devices.join(", ")
+            ))?;
+        }
     }
     out.flush()?;
     Ok(exit::OK)

@@ -147,7 +147,7 @@ pub fn json_lines(o: &Output) -> Vec<serde_json::Value> {
 /// A valid event line.
 pub fn event(i: u64) -> String {
     format!(
-        r#"{{"kind":"object.updated","actor":"actor:agent-{}","subject":"object:{}","idempotency_key":"k-{i}","payload":{{"n":{i}}}}}"#,
+        r#"{{"kind":"note.added","actor":"actor:agent-{}","subject":"object:{}","idempotency_key":"k-{i}","payload":{{"n":{i}}}}}"#,
         i % 3,
         i % 17
     )

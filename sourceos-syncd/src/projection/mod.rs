@@ -15,6 +15,7 @@
 
 pub(crate) mod idempotency;
 pub(crate) mod origins;
+pub(crate) mod registry;
 pub(crate) mod subjects;
 pub(crate) mod summary;
 
@@ -140,7 +141,7 @@ pub(crate) fn unframe<'a>(tree: &str, key: &[u8], value: &'a [u8]) -> Result<&'a
 
 /// The staged state of one projection: dirty records over an optional base
 /// tree. With no base (a fresh fold) the staging is the whole state.
-pub(crate) struct Staging {
+pub struct Staging {
     tree_name: String,
     base: Option<DerivedTree>,
     dirty: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
@@ -227,6 +228,46 @@ impl Staging {
             };
         }
         Ok(out)
+    }
+
+    /// Records whose key starts with `prefix` (base merged with staged
+    /// writes), in key order, at most `limit`.
+    pub(crate) fn scan_prefix(
+        &self,
+        prefix: &[u8],
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, ProjectionError> {
+        let mut out: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
+        if let Some(base) = &self.base {
+            for pair in base.scan_prefix(prefix) {
+                let (k, v) = pair?;
+                if self.dirty.contains_key(&k) {
+                    continue;
+                }
+                let payload = unframe(&self.tree_name, &k, &v).map_err(|reason| {
+                    ProjectionError::Damaged {
+                        tree: self.tree_name.clone(),
+                        key: key_hex(&k),
+                        reason,
+                    }
+                })?;
+                out.insert(k, payload.to_vec());
+                // Staged records may still sort before these; keep a margin.
+                if out.len() > limit.saturating_add(self.dirty.len()) {
+                    break;
+                }
+            }
+        }
+        for (k, v) in self.dirty.range(prefix.to_vec()..) {
+            if !k.starts_with(prefix) {
+                break;
+            }
+            match v {
+                Some(v) => out.insert(k.clone(), v.clone()),
+                None => out.remove(k),
+            };
+        }
+        Ok(out.into_iter().take(limit).collect())
     }
 
     fn dirty_len(&self) -> usize {
@@ -336,6 +377,7 @@ pub(crate) fn builtin() -> Vec<Box<dyn Projection>> {
         Box::new(subjects::SubjectIndex),
         Box::new(summary::Summary),
         Box::new(origins::OriginsIndex),
+        Box::new(registry::Registry),
     ]
 }
 
@@ -425,6 +467,30 @@ impl Engine {
         events: &[Envelope],
         log_head: u64,
     ) -> Result<(), ProjectionError> {
+        self.fold(events, log_head)?;
+        self.flush_over_bound()
+    }
+
+    /// Writes staged records of projections whose staging exceeds the bound.
+    /// Called only once the folded events are durable, so that no derived
+    /// checkpoint ever gets ahead of the durable log.
+    pub(crate) fn flush_over_bound(&mut self) -> Result<(), ProjectionError> {
+        for slot in &mut self.slots {
+            if !matches!(slot.health, ProjectionHealth::Damaged { .. })
+                && slot.staging.dirty_len() >= MAX_STAGED_RECORDS
+            {
+                flush_slot(slot)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Folds events into staged state without writing anything.
+    pub(crate) fn fold(
+        &mut self,
+        events: &[Envelope],
+        log_head: u64,
+    ) -> Result<(), ProjectionError> {
         for slot in &mut self.slots {
             if matches!(slot.health, ProjectionHealth::Damaged { .. }) {
                 continue;
@@ -449,9 +515,6 @@ impl Engine {
                     at: slot.applied.seq,
                 }
             };
-            if slot.staging.dirty_len() >= MAX_STAGED_RECORDS {
-                flush_slot(slot)?;
-            }
         }
         Ok(())
     }

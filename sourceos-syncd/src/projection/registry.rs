@@ -1,0 +1,687 @@
+//! The registry projection: objects, actors, schemas, devices, profiles,
+//! policy decisions and conflicts, each queryable by id.
+//!
+//! Conflicts (one type, done thoroughly): two updates of the same object
+//! based on the same version, from different devices or actors, neither
+//! aware of the other. An object keeps a bounded history of the updates
+//! applied to it (base version -> produced version, with the origin hash,
+//! device and actor); a later update whose base was already used by another
+//! writer is concurrent with that one. The conflict id is derived from the
+//! object and the two updates' origin hashes, so every device that sees both
+//! updates, in either order, records the same conflict.
+//!
+//! Versions are derived from the origin hash of the event that produced
+//! them, so they are the same on every device.
+
+use std::collections::BTreeSet;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::codec;
+use crate::event::{Envelope, EventDraft};
+use crate::model::{fields, ConflictOption};
+
+use super::{Projection, ProjectionError, Staging};
+
+/// Name of the projection.
+pub(crate) const NAME: &str = "registry";
+
+/// Updates remembered per object for conflict detection.
+pub(crate) const HISTORY_STEPS: usize = 64;
+
+const OBJECT: u8 = 0x01;
+const ACTOR: u8 = 0x02;
+const SCHEMA: u8 = 0x03;
+const DEVICE: u8 = 0x04;
+const PROFILE: u8 = 0x05;
+const CONFLICT: u8 = 0x06;
+const DECISION: u8 = 0x07;
+const OBJECT_DECISION: u8 = 0x08;
+const COUNTERS: &[u8] = &[0x09];
+
+/// Entity kinds kept by the registry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Entity {
+    /// Objects.
+    Object,
+    /// Actors.
+    Actor,
+    /// Schemas.
+    Schema,
+    /// Devices.
+    Device,
+    /// Profiles.
+    Profile,
+    /// Conflicts.
+    Conflict,
+    /// Policy decisions.
+    Decision,
+}
+
+impl Entity {
+    fn tag(self) -> u8 {
+        match self {
+            Entity::Object => OBJECT,
+            Entity::Actor => ACTOR,
+            Entity::Schema => SCHEMA,
+            Entity::Device => DEVICE,
+            Entity::Profile => PROFILE,
+            Entity::Conflict => CONFLICT,
+            Entity::Decision => DECISION,
+        }
+    }
+}
+
+/// One applied change of an object.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Step {
+    /// Version the change was based on ("" for the creation).
+    pub base: String,
+    /// Version it produced.
+    pub version: String,
+    /// Origin hash of the event.
+    pub origin_hash: String,
+    /// Device that recorded it.
+    pub device: String,
+    /// Actor that caused it.
+    pub actor: String,
+    /// Local sequence number.
+    pub seq: u64,
+    /// Fields the change wrote.
+    pub changed: Vec<String>,
+    /// Whether it deleted the object.
+    pub deletes: bool,
+}
+
+/// What the registry knows about an object.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ObjectState {
+    /// The record's fields as last written (object record field names).
+    pub record: Map<String, Value>,
+    /// Opaque current version.
+    pub version: String,
+    /// `active`, `deleted` or `tombstoned`.
+    pub state: String,
+    /// Creating actor.
+    pub created_by: String,
+    /// Last modifying actor.
+    pub last_modified_by: String,
+    /// Device that created it.
+    pub owner_device: String,
+    /// Device of the last change.
+    pub last_device: String,
+    /// Event that created it.
+    pub created_seq: u64,
+    /// Event of the last change.
+    pub updated_seq: u64,
+    /// Recent changes, oldest first (bounded).
+    pub history: Vec<Step>,
+    /// Conflicts involving this object.
+    pub conflicts: Vec<String>,
+}
+
+/// A generic registered record (actor, schema, device, profile, decision).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RecordState {
+    /// The record's fields.
+    pub record: Map<String, Value>,
+    /// Event that registered it.
+    pub registered_seq: u64,
+    /// Event of the last change.
+    pub updated_seq: u64,
+    /// Actor of the last change.
+    pub changed_by: String,
+    /// For actors: the event that revoked it.
+    pub revoked_seq: Option<u64>,
+}
+
+/// A detected conflict with its decision card.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ConflictState {
+    /// Deterministic id.
+    pub conflict_id: String,
+    /// The object.
+    pub object_id: String,
+    /// The version both updates were based on.
+    pub base_version: String,
+    /// The two competing versions.
+    pub versions: Vec<String>,
+    /// Actors of the two updates.
+    pub actors: Vec<String>,
+    /// Devices of the two updates.
+    pub devices: Vec<String>,
+    /// Local sequence numbers of the two updates.
+    pub events: Vec<u64>,
+    /// Event at which it was detected.
+    pub detected_seq: u64,
+    /// Options offered.
+    pub options: Vec<ConflictOption>,
+    /// The recommendation.
+    pub recommended_option: ConflictOption,
+    /// Why that recommendation.
+    pub rationale: String,
+    /// The chosen option, once resolved.
+    pub selected_option: Option<ConflictOption>,
+    /// Who chose it.
+    pub selected_by: Option<String>,
+    /// Event that resolved it.
+    pub resolved_seq: Option<u64>,
+}
+
+/// Counters kept for status, so that it never scans.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counters {
+    /// Conflicts not yet resolved.
+    pub open_conflicts: u64,
+    /// Objects whose latest policy decision denies or holds them.
+    pub policy_blocked_objects: u64,
+    /// Objects known.
+    pub objects: u64,
+}
+
+/// The registry projection.
+pub(crate) struct Registry;
+
+fn key(entity: Entity, id: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(id.len() + 1);
+    k.push(entity.tag());
+    k.extend_from_slice(id.as_bytes());
+    k
+}
+
+fn bad(reason: impl std::fmt::Display) -> ProjectionError {
+    ProjectionError::Damaged {
+        tree: super::tree_name(NAME),
+        key: String::new(),
+        reason: reason.to_string(),
+    }
+}
+
+fn get<T: serde::de::DeserializeOwned>(
+    state: &Staging,
+    k: &[u8],
+) -> Result<Option<T>, ProjectionError> {
+    match state.get(k)? {
+        None => Ok(None),
+        Some(b) => codec::decode("registry record", &b).map(Some).map_err(bad),
+    }
+}
+
+fn put<T: Serialize>(state: &mut Staging, k: Vec<u8>, v: &T) -> Result<(), ProjectionError> {
+    let bytes = codec::encode("registry record", v).map_err(bad)?;
+    state.put(k, bytes);
+    Ok(())
+}
+
+/// The version an event produces.
+pub(crate) fn version_of(ev: &Envelope) -> String {
+    let hex = ev.origin_ref().hash.to_hex();
+    format!("v:{}", hex.get(..16).unwrap_or(&hex))
+}
+
+fn text(m: &Map<String, Value>, k: &str) -> Option<String> {
+    m.get(k).and_then(Value::as_str).map(str::to_owned)
+}
+
+fn counters(state: &Staging) -> Result<Counters, ProjectionError> {
+    Ok(get(state, COUNTERS)?.unwrap_or_default())
+}
+
+impl Projection for Registry {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn version(&self) -> u32 {
+        1
+    }
+
+    fn apply(&self, ev: &Envelope, state: &mut Staging) -> Result<(), ProjectionError> {
+        let p = fields(ev.payload());
+        match ev.kind().as_str() {
+            "actor.registered" => upsert(state, Entity::Actor, "actor_id", p, ev),
+            "schema.registered" => upsert(state, Entity::Schema, "schema_id", p, ev),
+            "device.registered" => upsert(state, Entity::Device, "device_id", p, ev),
+            "profile.registered" => upsert(state, Entity::Profile, "profile_id", p, ev),
+            "device.state_changed" => upsert(state, Entity::Device, "device_id", p, ev),
+            "actor.revoked" => {
+                let Some(id) = text(&p, "actor_id") else {
+                    return Ok(());
+                };
+                let k = key(Entity::Actor, &id);
+                let mut r: RecordState = get(state, &k)?.unwrap_or_else(|| RecordState {
+                    record: Map::new(),
+                    registered_seq: ev.seq().get(),
+                    updated_seq: ev.seq().get(),
+                    changed_by: ev.actor().to_string(),
+                    revoked_seq: None,
+                });
+                if r.revoked_seq.is_none() {
+                    r.revoked_seq = Some(ev.seq().get());
+                }
+                r.updated_seq = ev.seq().get();
+                r.changed_by = ev.actor().to_string();
+                if let Some(at) = p.get("revoked_at") {
+                    r.record.insert("revoked_at".into(), at.clone());
+                }
+                put(state, k, &r)
+            }
+            "object.created" => object_created(state, p, ev),
+            "object.updated" | "object.deleted" => object_changed(state, p, ev),
+            "object.tombstoned" => {
+                let Some(id) = text(&p, "object_id") else {
+                    return Ok(());
+                };
+                let k = key(Entity::Object, &id);
+                let Some(mut o) = get::<ObjectState>(state, &k)? else {
+                    return Ok(());
+                };
+                o.state = "tombstoned".into();
+                o.updated_seq = ev.seq().get();
+                o.last_modified_by = ev.actor().to_string();
+                put(state, k, &o)
+            }
+            "policy.decided" => policy_decided(state, p, ev),
+            "conflict.resolved" => conflict_resolved(state, p, ev),
+            _ => Ok(()),
+        }
+    }
+
+    fn check_record(&self, key: &[u8], payload: &[u8]) -> Result<(), String> {
+        let r = match key.first() {
+            Some(&OBJECT) => codec::decode::<ObjectState>("object", payload).map(|_| ()),
+            Some(&ACTOR) | Some(&SCHEMA) | Some(&DEVICE) | Some(&PROFILE) | Some(&DECISION) => {
+                codec::decode::<RecordState>("record", payload).map(|_| ())
+            }
+            Some(&CONFLICT) => codec::decode::<ConflictState>("conflict", payload).map(|_| ()),
+            Some(&OBJECT_DECISION) => codec::decode::<String>("decision ref", payload).map(|_| ()),
+            Some(0x09) => codec::decode::<Counters>("counters", payload).map(|_| ()),
+            _ => return Err("unknown record".into()),
+        };
+        r.map_err(|e| e.to_string())
+    }
+}
+
+fn upsert(
+    state: &mut Staging,
+    entity: Entity,
+    id_field: &str,
+    p: Map<String, Value>,
+    ev: &Envelope,
+) -> Result<(), ProjectionError> {
+    let Some(id) = text(&p, id_field) else {
+        return Ok(());
+    };
+    let k = key(entity, &id);
+    let mut r: RecordState = get(state, &k)?.unwrap_or_else(|| RecordState {
+        record: Map::new(),
+        registered_seq: ev.seq().get(),
+        updated_seq: ev.seq().get(),
+        changed_by: ev.actor().to_string(),
+        revoked_seq: None,
+    });
+    for (f, v) in p {
+        r.record.insert(f, v);
+    }
+    r.updated_seq = ev.seq().get();
+    r.changed_by = ev.actor().to_string();
+    put(state, k, &r)
+}
+
+fn step(ev: &Envelope, base: String) -> Step {
+    Step {
+        base,
+        version: version_of(ev),
+        origin_hash: ev.origin_ref().hash.to_string(),
+        device: ev.origin().to_string(),
+        actor: ev.actor().to_string(),
+        seq: ev.seq().get(),
+        changed: changed_fields(&fields(ev.payload())).into_iter().collect(),
+        deletes: ev.kind().as_str() == "object.deleted",
+    }
+}
+
+fn object_created(
+    state: &mut Staging,
+    p: Map<String, Value>,
+    ev: &Envelope,
+) -> Result<(), ProjectionError> {
+    let Some(id) = text(&p, "object_id") else {
+        return Ok(());
+    };
+    let k = key(Entity::Object, &id);
+    // A second creation of the same id is refused locally; from another
+    // device the first one in this log wins.
+    if state.get(&k)?.is_some() {
+        return Ok(());
+    }
+    let s = step(ev, String::new());
+    let o = ObjectState {
+        record: p,
+        version: s.version.clone(),
+        state: "active".into(),
+        created_by: ev.actor().to_string(),
+        last_modified_by: ev.actor().to_string(),
+        owner_device: ev.origin().to_string(),
+        last_device: ev.origin().to_string(),
+        created_seq: ev.seq().get(),
+        updated_seq: ev.seq().get(),
+        history: vec![s],
+        conflicts: Vec::new(),
+    };
+    let mut c = counters(state)?;
+    c.objects += 1;
+    put(state, COUNTERS.to_vec(), &c)?;
+    put(state, k, &o)
+}
+
+/// The decision card's recommendation, from both sides alike (so that
+/// arrival order does not change it).
+fn recommend(a: &Step, b: &Step) -> (ConflictOption, String) {
+    if a.deletes || b.deletes {
+        return (
+            ConflictOption::Fork,
+            "one side deleted the object while the other changed it; keep both until someone decides".into(),
+        );
+    }
+    let x: BTreeSet<&String> = a.changed.iter().collect();
+    let y: BTreeSet<&String> = b.changed.iter().collect();
+    if x.is_disjoint(&y) {
+        (
+            ConflictOption::Merge,
+            "the two updates changed different fields and can be combined".into(),
+        )
+    } else {
+        (
+            ConflictOption::Fork,
+            "the two updates changed the same fields; keep both versions for review".into(),
+        )
+    }
+}
+
+fn changed_fields(m: &Map<String, Value>) -> BTreeSet<String> {
+    m.keys()
+        .filter(|k| *k != "object_id" && *k != "base_version")
+        .cloned()
+        .collect()
+}
+
+fn object_changed(
+    state: &mut Staging,
+    p: Map<String, Value>,
+    ev: &Envelope,
+) -> Result<(), ProjectionError> {
+    let (Some(id), Some(base)) = (text(&p, "object_id"), text(&p, "base_version")) else {
+        return Ok(());
+    };
+    let k = key(Entity::Object, &id);
+    let Some(mut o) = get::<ObjectState>(state, &k)? else {
+        return Ok(());
+    };
+    let me = step(ev, base.clone());
+    // A writer that already changed from this base, other than this one.
+    let sibling = o
+        .history
+        .iter()
+        .find(|s| s.base == base && s.origin_hash != me.origin_hash)
+        .cloned();
+    if let Some(sib) = sibling {
+        if sib.device != me.device || sib.actor != me.actor {
+            record_conflict(state, &mut o, &id, &sib, &me, ev)?;
+        }
+    }
+    for (f, v) in p.iter().filter(|(f, _)| *f != "base_version") {
+        o.record.insert(f.clone(), v.clone());
+    }
+    o.version = me.version.clone();
+    o.state = if ev.kind().as_str() == "object.deleted" {
+        "deleted".into()
+    } else {
+        "active".into()
+    };
+    o.last_modified_by = me.actor.clone();
+    o.last_device = me.device.clone();
+    o.updated_seq = me.seq;
+    o.history.push(me);
+    if o.history.len() > HISTORY_STEPS {
+        let drop = o.history.len() - HISTORY_STEPS;
+        o.history.drain(..drop);
+    }
+    put(state, k, &o)
+}
+
+fn record_conflict(
+    state: &mut Staging,
+    o: &mut ObjectState,
+    id: &str,
+    sib: &Step,
+    me: &Step,
+    ev: &Envelope,
+) -> Result<(), ProjectionError> {
+    let mut pair = [sib.origin_hash.clone(), me.origin_hash.clone()];
+    pair.sort();
+    let [first, second] = pair;
+    let digest = blake3::hash(format!("{id}\0{first}\0{second}").as_bytes());
+    let hex = crate::ids::Digest::from_bytes(*digest.as_bytes()).to_hex();
+    let conflict_id = format!("conflict:{}", hex.get(..16).unwrap_or(&hex));
+    let ck = key(Entity::Conflict, &conflict_id);
+    if state.get(&ck)?.is_some() {
+        return Ok(());
+    }
+    // Order the two sides by origin hash so that every device writes the
+    // same record.
+    let (a, b) = if sib.origin_hash <= me.origin_hash {
+        (sib, me)
+    } else {
+        (me, sib)
+    };
+    let (recommended_option, rationale) = recommend(a, b);
+    let c = ConflictState {
+        conflict_id: conflict_id.clone(),
+        object_id: id.to_owned(),
+        base_version: me.base.clone(),
+        versions: vec![a.version.clone(), b.version.clone()],
+        actors: vec![a.actor.clone(), b.actor.clone()],
+        devices: vec![a.device.clone(), b.device.clone()],
+        events: vec![a.seq, b.seq],
+        detected_seq: ev.seq().get(),
+        options: vec![
+            ConflictOption::Merge,
+            ConflictOption::Fork,
+            ConflictOption::Skip,
+        ],
+        recommended_option,
+        rationale,
+        selected_option: None,
+        selected_by: None,
+        resolved_seq: None,
+    };
+    o.conflicts.push(conflict_id);
+    let mut counts = counters(state)?;
+    counts.open_conflicts += 1;
+    put(state, COUNTERS.to_vec(), &counts)?;
+    put(state, ck, &c)
+}
+
+fn policy_decided(
+    state: &mut Staging,
+    p: Map<String, Value>,
+    ev: &Envelope,
+) -> Result<(), ProjectionError> {
+    let Some(id) = text(&p, "decision_id") else {
+        return Ok(());
+    };
+    let object = text(&p, "object_id");
+    let blocking =
+        |e: Option<String>| matches!(e.as_deref(), Some("deny") | Some("review_required"));
+    let now_blocks = blocking(text(&p, "effect"));
+    upsert(state, Entity::Decision, "decision_id", p, ev)?;
+    if let Some(obj) = object {
+        let ok = key(Entity::Object, &obj);
+        let mut ik = vec![OBJECT_DECISION];
+        ik.extend_from_slice(obj.as_bytes());
+        let before: Option<String> = get(state, &ik)?;
+        let was_blocking = match before {
+            Some(prev) => get::<RecordState>(state, &key(Entity::Decision, &prev))?
+                .is_some_and(|r| blocking(text(&r.record, "effect"))),
+            None => false,
+        };
+        put(state, ik, &id)?;
+        if state.get(&ok)?.is_some() && was_blocking != now_blocks {
+            let mut c = counters(state)?;
+            if now_blocks {
+                c.policy_blocked_objects += 1;
+            } else {
+                c.policy_blocked_objects = c.policy_blocked_objects.saturating_sub(1);
+            }
+            put(state, COUNTERS.to_vec(), &c)?;
+        }
+    }
+    Ok(())
+}
+
+fn conflict_resolved(
+    state: &mut Staging,
+    p: Map<String, Value>,
+    ev: &Envelope,
+) -> Result<(), ProjectionError> {
+    let Some(id) = text(&p, "conflict_id") else {
+        return Ok(());
+    };
+    let k = key(Entity::Conflict, &id);
+    let Some(mut c) = get::<ConflictState>(state, &k)? else {
+        return Ok(());
+    };
+    if c.resolved_seq.is_some() {
+        return Ok(());
+    }
+    c.selected_option = p
+        .get("selected_option")
+        .and_then(|v| serde_json::from_value(v.clone()).ok());
+    c.selected_by = Some(text(&p, "selected_by").unwrap_or_else(|| ev.actor().to_string()));
+    c.resolved_seq = Some(ev.seq().get());
+    let mut counts = counters(state)?;
+    counts.open_conflicts = counts.open_conflicts.saturating_sub(1);
+    put(state, COUNTERS.to_vec(), &counts)?;
+    put(state, k, &c)
+}
+
+/// Reads one entity.
+pub(crate) fn object(state: &Staging, id: &str) -> Result<Option<ObjectState>, ProjectionError> {
+    get(state, &key(Entity::Object, id))
+}
+
+/// Reads one record-like entity.
+pub(crate) fn record(
+    state: &Staging,
+    entity: Entity,
+    id: &str,
+) -> Result<Option<RecordState>, ProjectionError> {
+    get(state, &key(entity, id))
+}
+
+/// Reads one conflict.
+pub(crate) fn conflict(
+    state: &Staging,
+    id: &str,
+) -> Result<Option<ConflictState>, ProjectionError> {
+    get(state, &key(Entity::Conflict, id))
+}
+
+/// The latest policy decision about an object.
+pub(crate) fn object_decision(
+    state: &Staging,
+    object: &str,
+) -> Result<Option<RecordState>, ProjectionError> {
+    let mut ik = vec![OBJECT_DECISION];
+    ik.extend_from_slice(object.as_bytes());
+    match get::<String>(state, &ik)? {
+        Some(id) => record(state, Entity::Decision, &id),
+        None => Ok(None),
+    }
+}
+
+/// Status counters.
+pub(crate) fn status_counters(state: &Staging) -> Result<Counters, ProjectionError> {
+    counters(state)
+}
+
+/// Every entity of one kind, as (id, encoded record), bounded by `limit`.
+pub(crate) fn list(
+    state: &Staging,
+    entity: Entity,
+    limit: usize,
+) -> Result<Vec<(String, Vec<u8>)>, ProjectionError> {
+    let tag = entity.tag();
+    Ok(state
+        .scan_prefix(&[tag], limit)?
+        .into_iter()
+        .filter_map(|(k, v)| {
+            let (_, id) = k.split_first()?;
+            Some((String::from_utf8_lossy(id).into_owned(), v))
+        })
+        .collect())
+}
+
+/// Decodes a listed record.
+pub(crate) fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ProjectionError> {
+    codec::decode("registry record", bytes).map_err(bad)
+}
+
+/// Admission of a locally submitted draft against the registry: what the
+/// payload alone cannot tell (unknown object, revoked actor, unregistered
+/// schema, unknown conflict). Returns why it is refused.
+pub(crate) fn admit(
+    state: &Staging,
+    d: &EventDraft,
+) -> Result<Result<(), String>, ProjectionError> {
+    if let Some(a) = record(state, Entity::Actor, d.actor.as_str())? {
+        if let Some(at) = a.revoked_seq {
+            return Ok(Err(format!(
+                "actor {} was revoked (event {at}) and may not record events",
+                d.actor
+            )));
+        }
+    }
+    let p = fields(&d.payload);
+    let id = |f: &str| text(&p, f).unwrap_or_default();
+    let verdict = match d.kind.as_str() {
+        "object.created" => {
+            let obj = id("object_id");
+            let schema = id("schema_id");
+            if let Some(o) = object(state, &obj)? {
+                Err(format!(
+                    "object {obj} already exists (version {})",
+                    o.version
+                ))
+            } else if record(state, Entity::Schema, &schema)?.is_none() {
+                Err(format!(
+                    "object {obj} names schema {schema}, which is not registered"
+                ))
+            } else {
+                Ok(())
+            }
+        }
+        "object.updated" | "object.deleted" | "object.tombstoned" => {
+            let obj = id("object_id");
+            match object(state, &obj)? {
+                None => Err(format!("unknown object {obj}")),
+                Some(o) if o.state == "tombstoned" => Err(format!("object {obj} is tombstoned")),
+                Some(_) => Ok(()),
+            }
+        }
+        "conflict.resolved" => {
+            let c = id("conflict_id");
+            match conflict(state, &c)? {
+                None => Err(format!("unknown conflict {c}")),
+                Some(x) if x.resolved_seq.is_some() => {
+                    Err(format!("conflict {c} is already resolved"))
+                }
+                Some(_) => Ok(()),
+            }
+        }
+        _ => Ok(()),
+    };
+    Ok(verdict)
+}
