@@ -17,13 +17,49 @@ mod support;
 use serde_json::Value;
 use support::{event, stderr, stdout, Home};
 
-const DERIVED: [&str; 3] = ["p.idempotency", "p.subjects", "p.summary"];
+const DERIVED: [&str; 5] = [
+    "p.idempotency",
+    "p.subjects",
+    "p.summary",
+    "p.origins",
+    "p.registry",
+];
 const CHECKPOINT: &[u8] = b"\x00checkpoint";
 
+/// A home with free-form events, registered state and events imported
+/// from another device, so that every derived tree holds records.
 fn seeded() -> Home {
     let home = Home::new();
-    let out = home.ingest(&(0..300).map(event).collect::<Vec<_>>());
+    let mut lines: Vec<String> = (0..290).map(event).collect();
+    lines.push(r#"{"kind":"schema.registered","actor":"actor:u","payload":{"schema_id":"schema:s","object_type":"file","schema_version":"v1"}}"#.into());
+    lines.push(r#"{"kind":"actor.registered","actor":"actor:u","payload":{"actor_id":"actor:agent-one","actor_type":"agent","trust_level":"local"}}"#.into());
+    lines.push(r#"{"kind":"object.created","actor":"actor:agent-one","payload":{"object_id":"object:alpha","object_type":"file","schema_id":"schema:s"}}"#.into());
+    let out = home.ingest(&lines);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let peer = Home::empty();
+    assert_eq!(
+        peer.run(&[
+            "init",
+            "--device",
+            "device:peer",
+            "--profile",
+            "profile:local-dev"
+        ])
+        .status
+        .code(),
+        Some(0)
+    );
+    peer.ingest(&(1000..1007).map(event).collect::<Vec<_>>());
+    let bundle = peer.path().join("peer.bundle");
+    assert_eq!(
+        peer.run(&["export", "--out", bundle.to_str().unwrap()])
+            .status
+            .code(),
+        Some(0)
+    );
+    let out = home.run(&["import", bundle.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(home.head(), 300);
     home
 }
 

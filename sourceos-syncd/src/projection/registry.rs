@@ -151,9 +151,9 @@ pub struct ConflictState {
     pub actors: Vec<String>,
     /// Devices of the two updates.
     pub devices: Vec<String>,
-    /// Local sequence numbers of the two updates.
-    pub events: Vec<u64>,
-    /// Event at which it was detected.
+    /// Origin hashes of the two updates (the same on every device).
+    pub origin_hashes: Vec<String>,
+    /// Local event at which it was detected (differs per device).
     pub detected_seq: u64,
     /// Options offered.
     pub options: Vec<ConflictOption>,
@@ -165,7 +165,7 @@ pub struct ConflictState {
     pub selected_option: Option<ConflictOption>,
     /// Who chose it.
     pub selected_by: Option<String>,
-    /// Event that resolved it.
+    /// Local event that resolved it (differs per device).
     pub resolved_seq: Option<u64>,
 }
 
@@ -251,7 +251,7 @@ impl Projection for Registry {
                 };
                 let k = key(Entity::Actor, &id);
                 let mut r: RecordState = get(state, &k)?.unwrap_or_else(|| RecordState {
-                    record: Map::new(),
+                    record: Map::from_iter([("actor_id".to_owned(), Value::String(id.clone()))]),
                     registered_seq: ev.seq().get(),
                     updated_seq: ev.seq().get(),
                     changed_by: ev.actor().to_string(),
@@ -484,7 +484,7 @@ fn record_conflict(
         versions: vec![a.version.clone(), b.version.clone()],
         actors: vec![a.actor.clone(), b.actor.clone()],
         devices: vec![a.device.clone(), b.device.clone()],
-        events: vec![a.seq, b.seq],
+        origin_hashes: vec![a.origin_hash.clone(), b.origin_hash.clone()],
         detected_seq: ev.seq().get(),
         options: vec![
             ConflictOption::Merge,
