@@ -294,3 +294,72 @@ fn restore_reproduces_status_and_explain_exactly() {
     };
     assert_eq!(strip(r.status_json()), strip(a.status_json()));
 }
+
+#[test]
+fn local_policy_file_gates_mutations_and_records_its_decisions() {
+    let a = device("device:a");
+    ingest_ok(&a, &SETUP);
+    std::fs::write(
+        a.path().join("policy.toml"),
+        r#"
+policy_id = "sourceos.policy/laptop"
+[[rule]]
+name = "agents may not touch personal objects"
+action = "mutation"
+privacy_class = "personal"
+actor_trust_level = "local"
+effect = "deny"
+"#,
+    )
+    .unwrap();
+    let before = a.head();
+    let out = a.ingest(&[
+        r#"{"kind":"object.created","actor":"actor:agent-one","payload":{"object_id":"object:p","object_type":"file","schema_id":"schema:source-object:v1","privacy_class":"personal"}}"#.to_owned(),
+        r#"{"kind":"object.created","actor":"actor:agent-one","payload":{"object_id":"object:w","object_type":"file","schema_id":"schema:source-object:v1","privacy_class":"work"}}"#.to_owned(),
+    ]);
+    assert_eq!(out.status.code(), Some(65), "{}", stderr(&out));
+    let r = json_lines(&out);
+    assert_eq!(r[0]["result"], "policy_blocked");
+    let decision = r[0]["decision_id"].as_str().unwrap().to_owned();
+    assert!(decision.starts_with("urn:srcos:decision:"), "{decision}");
+    assert!(r[0]["reason"]
+        .as_str()
+        .unwrap()
+        .contains("agents may not touch personal objects"));
+    assert_eq!(r[1]["result"], "appended");
+    // The decision is in the log; the blocked object is not.
+    assert_eq!(a.head(), before + 2);
+    let logged: Value = serde_json::from_slice(
+        &a.run(&[
+            "log",
+            "--from",
+            &(before + 1).to_string(),
+            "--limit",
+            "1",
+            "--json",
+        ])
+        .stdout,
+    )
+    .unwrap();
+    assert_eq!(logged["kind"], "policy.decided");
+    assert_eq!(logged["actor"], "actor:syncd-policy");
+    assert_eq!(logged["payload"]["decision_id"], decision.as_str());
+    assert_eq!(logged["payload"]["effect"], "deny");
+    assert_eq!(a.run(&["explain", "object:p"]).status.code(), Some(65));
+    // A refused mutation does not hold the object's sync.
+    assert_eq!(explain(&a, "object:w")["sync_plan"]["may_sync"], true);
+
+    // A policy file that does not parse is named, with the problem.
+    std::fs::write(
+        a.path().join("policy.toml"),
+        "[[rule]]\nname = \"x\"\neffect = \"sometimes\"\n",
+    )
+    .unwrap();
+    let out = a.run(&["status"]);
+    assert_eq!(out.status.code(), Some(4));
+    assert!(
+        stderr(&out).contains("policy.toml") && stderr(&out).contains("sometimes"),
+        "{}",
+        stderr(&out)
+    );
+}

@@ -386,8 +386,10 @@ pub fn import(store: &Store, path: &Path) -> Result<ImportReport, BundleError> {
             match outcome {
                 AppendOutcome::Appended { .. } => report.appended += 1,
                 AppendOutcome::Duplicate { .. } => report.duplicates += 1,
-                // Only a concurrent writer can get here after pass 1.
-                AppendOutcome::Rejected { reason } => {
+                // Foreign events are not gated here (their origin decided);
+                // only a concurrent writer can get here after pass 1.
+                AppendOutcome::PolicyBlocked { reason, .. }
+                | AppendOutcome::Rejected { reason } => {
                     return Err(BundleError::Refused {
                         path: path.to_path_buf(),
                         reason,

@@ -755,9 +755,9 @@ fn record_repair(
     match store.append(draft)? {
         AppendOutcome::Appended { seq, .. } => Ok(Some(seq.get())),
         AppendOutcome::Duplicate { seq, .. } => Ok(Some(seq.get())),
-        AppendOutcome::Rejected { reason } => Err(DoctorError::Unusable(format!(
-            "repair event rejected: {reason}"
-        ))),
+        AppendOutcome::Rejected { reason } | AppendOutcome::PolicyBlocked { reason, .. } => Err(
+            DoctorError::Unusable(format!("repair event rejected: {reason}")),
+        ),
     }
 }
 

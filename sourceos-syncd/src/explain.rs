@@ -139,7 +139,9 @@ fn text(m: &Map<String, Value>, k: &str) -> Option<String> {
 pub(crate) fn plan(state: &Staging, o: &ObjectState) -> Result<SyncPlan, ProjectionError> {
     let mut blocked_by = Vec::new();
     let id = text(&o.record, "object_id").unwrap_or_default();
-    if let Some(d) = registry::object_decision(state, &id)? {
+    let about_sync =
+        |d: &RecordState| matches!(text(&d.record, "action").as_deref(), None | Some("sync"));
+    if let Some(d) = registry::object_decision(state, &id)?.filter(about_sync) {
         let decision = text(&d.record, "decision_id").unwrap_or_default();
         match text(&d.record, "effect").as_deref() {
             Some("deny") => blocked_by.push(Blocker {

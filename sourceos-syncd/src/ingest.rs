@@ -106,6 +106,15 @@ pub enum LineOutcome {
         /// Why.
         reason: String,
     },
+    /// Not recorded: policy decided against it (the decision was recorded).
+    Blocked {
+        /// The recorded decision.
+        decision_id: String,
+        /// Its sequence number.
+        decision_seq: u64,
+        /// Why.
+        reason: String,
+    },
 }
 
 /// One input line's result, with its line number (from 1).
@@ -249,6 +258,16 @@ impl<'a> Ingestor<'a> {
                             seq: seq.get(),
                             hash,
                         },
+                        Some(AppendOutcome::PolicyBlocked {
+                            decision_id,
+                            decision_seq,
+                            reason,
+                            ..
+                        }) => LineOutcome::Blocked {
+                            decision_id,
+                            decision_seq: decision_seq.get(),
+                            reason,
+                        },
                         Some(AppendOutcome::Rejected { reason }) => {
                             LineOutcome::Rejected { reason }
                         }
@@ -262,7 +281,7 @@ impl<'a> Ingestor<'a> {
             match &result.outcome {
                 LineOutcome::Appended { .. } => summary.appended += 1,
                 LineOutcome::Duplicate { .. } => summary.duplicates += 1,
-                LineOutcome::Rejected { .. } => summary.rejected += 1,
+                LineOutcome::Rejected { .. } | LineOutcome::Blocked { .. } => summary.rejected += 1,
             }
             sink(&result).map_err(IngestError::Output)?;
         }

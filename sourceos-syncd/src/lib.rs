@@ -15,6 +15,7 @@ mod ids;
 mod ingest;
 mod kinds;
 mod model;
+mod policy;
 mod projection;
 mod status;
 mod storage;
@@ -49,6 +50,10 @@ pub use ingest::{
 };
 pub use kinds::{known_kinds, validate as validate_kind};
 pub use model::{ConflictOption, DeviceState, Effect};
+pub use policy::{
+    Action, LocalPolicy, PolicyError, PolicyHook, PolicyRequest, PolicyVerdict, Rule, MAX_RULES,
+    POLICY_FILE,
+};
 pub use projection::registry::{ConflictState, Counters as RegistryCounters, Step};
 pub use projection::summary::SummaryView;
 pub use projection::{Checkpoint, ProjectionError, ProjectionHealth, ProjectionStatus};
@@ -59,5 +64,5 @@ pub use storage::{StorageError, StorageOptions, DERIVED_PREFIX, EVENTS_TREE, MET
 pub use store::{
     db_dir, AppendError, AppendOutcome, Holder, InitOptions, OpenError, OpenOptions, Progress,
     ReadError, RebuildError, RebuildReport, Store, StoreMeta, FORMAT_VERSION, MAX_COMMIT_EVENTS,
-    MAX_QUEUED_EVENTS, MAX_SUBMISSION_EVENTS,
+    MAX_QUEUED_EVENTS, MAX_SUBMISSION_EVENTS, POLICY_ACTOR,
 };

@@ -20,6 +20,8 @@ use crate::event::{genesis, Envelope, EventDamage, EventDraft, OriginRef, SealCo
 use crate::ids::{
     DeviceId, Digest, IdempotencyKey, InvalidValue, ProfileId, Seq, Subject, Timestamp,
 };
+use crate::model::Effect;
+use crate::policy::{LocalPolicy, PolicyHook};
 use crate::projection::{
     self, idempotency, origins, registry, subjects, summary, Engine, FreshFold, Head,
     ProjectionError, ProjectionHealth, ProjectionStatus,
@@ -83,6 +85,8 @@ pub struct OpenOptions {
     pub clock: Arc<dyn Clock>,
     /// Event id source.
     pub ids: Arc<dyn IdGenerator>,
+    /// Decides mutations; its blocking decisions are recorded in the log.
+    pub policy: Arc<dyn PolicyHook>,
 }
 
 impl Default for OpenOptions {
@@ -92,6 +96,7 @@ impl Default for OpenOptions {
             storage: StorageOptions::default(),
             clock: Arc::new(SystemClock),
             ids: Arc::new(UuidV7Generator),
+            policy: Arc::new(LocalPolicy::default()),
         }
     }
 }
@@ -198,6 +203,18 @@ pub enum AppendOutcome {
         /// Why.
         reason: String,
     },
+    /// Policy did not allow it: the decision was recorded (as event
+    /// `decision_seq`), the submitted event was not.
+    PolicyBlocked {
+        /// `urn:srcos:decision:<id>`.
+        decision_id: String,
+        /// Sequence of the recorded decision.
+        decision_seq: Seq,
+        /// Deny or review required.
+        effect: Effect,
+        /// Why, naming the rule.
+        reason: String,
+    },
 }
 
 /// Appending failed as a whole; nothing in the failed submission was
@@ -281,6 +298,35 @@ pub struct RebuildReport {
     pub projections: Vec<(String, u64)>,
 }
 
+/// Actor of the decisions the policy hook records.
+pub const POLICY_ACTOR: &str = "actor:syncd-policy";
+
+/// What the policy hook said about a draft.
+enum Gate {
+    /// Not a gated action, or allowed by default: nothing recorded.
+    Pass,
+    /// A rule decided: record `decision`; `blocks` when it is not allowed.
+    Decided {
+        decision: EventDraft,
+        blocks: Option<(Effect, String)>,
+    },
+}
+
+fn decision_id_of(d: &EventDraft) -> String {
+    d.subject
+        .as_ref()
+        .map(|s| s.to_string())
+        .unwrap_or_default()
+}
+
+/// Events sealed in one group commit, not yet durable.
+struct Batch {
+    head: Head,
+    rows: Vec<([u8; 8], Vec<u8>)>,
+    in_batch: HashMap<IdempotencyKey, (Seq, Digest)>,
+    in_batch_origins: HashMap<(DeviceId, Seq), (Seq, Digest)>,
+}
+
 /// State of the log's head as found on open.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum LogState {
@@ -320,6 +366,7 @@ struct Inner {
     meta: StoreMeta,
     clock: Arc<dyn Clock>,
     ids: Arc<dyn IdGenerator>,
+    policy: Arc<dyn PolicyHook>,
     queue: Mutex<Queue>,
     queue_space: Condvar,
     state: Mutex<WriteState>,
@@ -549,6 +596,7 @@ impl Store {
                 meta,
                 clock: options.clock,
                 ids: options.ids,
+                policy: options.policy,
                 queue: Mutex::new(Queue::default()),
                 queue_space: Condvar::new(),
                 state: Mutex::new(WriteState {
@@ -732,12 +780,13 @@ impl Store {
                 ))
             }
         }
-        let mut head = st.head;
-        let mut rows: Vec<([u8; 8], Vec<u8>)> = Vec::new();
-        let mut sealed: Vec<Envelope> = Vec::new();
+        let mut b = Batch {
+            head: st.head,
+            rows: Vec::new(),
+            in_batch: HashMap::new(),
+            in_batch_origins: HashMap::new(),
+        };
         let mut outcomes: Vec<Vec<AppendOutcome>> = Vec::with_capacity(batch.len());
-        let mut in_batch: HashMap<IdempotencyKey, (Seq, Digest)> = HashMap::new();
-        let mut in_batch_origins: HashMap<(DeviceId, Seq), (Seq, Digest)> = HashMap::new();
         for req in batch {
             let drafts = lock(&req.drafts)
                 .map_err(AppendError::Poisoned)?
@@ -745,103 +794,28 @@ impl Store {
                 .unwrap_or_default();
             let mut out = Vec::with_capacity(drafts.len());
             for submission in drafts {
-                let (draft, ctx_origin) = match submission {
-                    Submission::Local(draft) => {
-                        if let Some(key) = &draft.idempotency_key {
-                            if let Some((seq, hash)) = in_batch.get(key) {
-                                out.push(AppendOutcome::Duplicate {
-                                    seq: *seq,
-                                    hash: *hash,
-                                });
-                                continue;
-                            }
-                            if let Some((seq, hash)) = self.find_duplicate(&st.engine, key)? {
-                                out.push(AppendOutcome::Duplicate { seq, hash });
-                                continue;
-                            }
-                        }
-                        if let Err(reason) = self.admit(&st.engine, &draft)? {
-                            out.push(AppendOutcome::Rejected { reason });
-                            continue;
-                        }
-                        (draft, None)
-                    }
+                let outcome = match submission {
+                    Submission::Local(draft) => self.commit_local(st, &mut b, draft)?,
                     Submission::Foreign(env) => {
                         let o = env.origin_ref();
-                        if let Some((seq, hash)) = in_batch_origins.get(&(o.device.clone(), o.seq))
-                        {
-                            out.push(self.same_origin(o.hash, *hash, *seq, &o));
-                            continue;
-                        }
-                        match self.find_origin(&st.engine, &o)? {
-                            Some((stored_hash, local)) => {
-                                out.push(self.same_origin(o.hash, stored_hash, local, &o));
-                                continue;
-                            }
-                            None => (env.to_draft(), Some((env.id(), env.recorded_at(), o))),
-                        }
-                    }
-                };
-                let seq = Seq::new(head.seq.checked_add(1).ok_or(AppendError::Exhausted)?)
-                    .map_err(|_| AppendError::Exhausted)?;
-                let key = draft.idempotency_key.clone();
-                let origin_slot = ctx_origin
-                    .as_ref()
-                    .map(|(_, _, o)| (o.device.clone(), o.seq));
-                let ctx = match ctx_origin {
-                    None => SealContext {
-                        seq,
-                        id: self.inner.ids.next_id(),
-                        at: self.inner.clock.now(),
-                        origin: self.inner.meta.device.clone(),
-                        foreign: None,
-                        prev: head.hash,
-                    },
-                    Some((id, at, o)) => SealContext {
-                        seq,
-                        id,
-                        at,
-                        origin: o.device,
-                        foreign: Some((o.seq, o.hash)),
-                        prev: head.hash,
-                    },
-                };
-                match Envelope::seal(draft, ctx) {
-                    Err(e) => out.push(AppendOutcome::Rejected {
-                        reason: e.to_string(),
-                    }),
-                    Ok((env, bytes)) => {
-                        head = Head {
-                            seq: seq.get(),
-                            hash: env.hash(),
+                        let known = match b.in_batch_origins.get(&(o.device.clone(), o.seq)) {
+                            Some((seq, hash)) => Some((*hash, *seq)),
+                            None => self.find_origin(&st.engine, &o)?,
                         };
-                        if let Some(k) = key {
-                            in_batch.entry(k).or_insert((seq, env.hash()));
+                        match known {
+                            Some((present, local)) => self.same_origin(o.hash, present, local, &o),
+                            None => {
+                                let origin = (env.id(), env.recorded_at(), o);
+                                self.seal_into(st, &mut b, env.to_draft(), Some(origin))?
+                            }
                         }
-                        if let Some(slot) = origin_slot {
-                            in_batch_origins.insert(slot, (seq, env.origin_ref().hash));
-                        }
-                        out.push(AppendOutcome::Appended {
-                            seq,
-                            hash: env.hash(),
-                            id: env.id(),
-                        });
-                        rows.push((seq.to_key(), bytes));
-                        // Fold now (staged only, nothing written) so that
-                        // later drafts of this group are admitted against
-                        // the state this one creates. If the group does not
-                        // become durable the store is poisoned and this
-                        // staged state is never written.
-                        if let Err(e) = st.engine.fold(std::slice::from_ref(&env), head.seq) {
-                            st.poisoned = Some(format!("derived state failed while folding: {e}"));
-                            return Err(AppendError::Poisoned(e.to_string()));
-                        }
-                        sealed.push(env);
                     }
-                }
+                };
+                out.push(outcome);
             }
             outcomes.push(out);
         }
+        let Batch { head, rows, .. } = b;
         if !rows.is_empty() {
             let durable = self
                 .inner
@@ -867,6 +841,176 @@ impl Store {
             *lock(&req.result).map_err(AppendError::Poisoned)? = Some(Ok(out));
         }
         Ok(())
+    }
+
+    /// A local draft: idempotency, admission, policy, then sealing.
+    fn commit_local(
+        &self,
+        st: &mut WriteState,
+        b: &mut Batch,
+        draft: EventDraft,
+    ) -> Result<AppendOutcome, AppendError> {
+        if let Some(key) = &draft.idempotency_key {
+            if let Some((seq, hash)) = b.in_batch.get(key) {
+                return Ok(AppendOutcome::Duplicate {
+                    seq: *seq,
+                    hash: *hash,
+                });
+            }
+            if let Some((seq, hash)) = self.find_duplicate(&st.engine, key)? {
+                return Ok(AppendOutcome::Duplicate { seq, hash });
+            }
+        }
+        if let Err(reason) = self.admit(&st.engine, &draft)? {
+            return Ok(AppendOutcome::Rejected { reason });
+        }
+        match self.gate(&st.engine, &draft)? {
+            Gate::Pass => self.seal_into(st, b, draft, None),
+            Gate::Decided { decision, blocks } => {
+                let decision_id = decision_id_of(&decision);
+                let recorded = self.seal_into(st, b, decision, None)?;
+                let AppendOutcome::Appended {
+                    seq: decision_seq, ..
+                } = recorded
+                else {
+                    return Ok(recorded);
+                };
+                match blocks {
+                    // An explicit allow is recorded before what it allows.
+                    None => self.seal_into(st, b, draft, None),
+                    Some((effect, reason)) => Ok(AppendOutcome::PolicyBlocked {
+                        decision_id,
+                        decision_seq,
+                        effect,
+                        reason,
+                    }),
+                }
+            }
+        }
+    }
+
+    /// Seals one event onto the batch and folds it into staged derived
+    /// state (nothing is written until the batch is durable).
+    fn seal_into(
+        &self,
+        st: &mut WriteState,
+        b: &mut Batch,
+        draft: EventDraft,
+        origin: Option<(crate::ids::EventId, Timestamp, OriginRef)>,
+    ) -> Result<AppendOutcome, AppendError> {
+        let seq = Seq::new(b.head.seq.checked_add(1).ok_or(AppendError::Exhausted)?)
+            .map_err(|_| AppendError::Exhausted)?;
+        let key = draft.idempotency_key.clone();
+        let origin_slot = origin.as_ref().map(|(_, _, o)| (o.device.clone(), o.seq));
+        let ctx = match origin {
+            None => SealContext {
+                seq,
+                id: self.inner.ids.next_id(),
+                at: self.inner.clock.now(),
+                origin: self.inner.meta.device.clone(),
+                foreign: None,
+                prev: b.head.hash,
+            },
+            Some((id, at, o)) => SealContext {
+                seq,
+                id,
+                at,
+                origin: o.device,
+                foreign: Some((o.seq, o.hash)),
+                prev: b.head.hash,
+            },
+        };
+        let (env, bytes) = match Envelope::seal(draft, ctx) {
+            Err(e) => {
+                return Ok(AppendOutcome::Rejected {
+                    reason: e.to_string(),
+                })
+            }
+            Ok(sealed) => sealed,
+        };
+        b.head = Head {
+            seq: seq.get(),
+            hash: env.hash(),
+        };
+        if let Some(k) = key {
+            b.in_batch.entry(k).or_insert((seq, env.hash()));
+        }
+        if let Some(slot) = origin_slot {
+            b.in_batch_origins
+                .insert(slot, (seq, env.origin_ref().hash));
+        }
+        b.rows.push((seq.to_key(), bytes));
+        // Fold now (staged only, nothing written) so that later drafts of
+        // this group are admitted against the state this one creates. If
+        // the group does not become durable the store is poisoned and this
+        // staged state is never written.
+        if let Err(e) = st.engine.fold(std::slice::from_ref(&env), seq.get()) {
+            st.poisoned = Some(format!("derived state failed while folding: {e}"));
+            return Err(AppendError::Poisoned(e.to_string()));
+        }
+        Ok(AppendOutcome::Appended {
+            seq,
+            hash: env.hash(),
+            id: env.id(),
+        })
+    }
+
+    /// Asks the policy hook about an object mutation. Decisions of an
+    /// explicit rule are recorded; the default allow is not.
+    fn gate(&self, engine: &Engine, draft: &EventDraft) -> Result<Gate, AppendError> {
+        let Some(state) = engine.staging(registry::NAME) else {
+            return Err(AppendError::DerivedDamaged("registry unavailable".into()));
+        };
+        let fact = |e: ProjectionError| AppendError::DerivedDamaged(e.to_string());
+        let Some(request) =
+            registry::policy_request(state, draft, &self.inner.meta.profile).map_err(fact)?
+        else {
+            return Ok(Gate::Pass);
+        };
+        let verdict = self.inner.policy.decide(&request);
+        if verdict.rationale.starts_with("no rule matched") && verdict.effect == Effect::Allow {
+            return Ok(Gate::Pass);
+        }
+        let decision_id = format!(
+            "urn:srcos:decision:{}",
+            self.inner.ids.next_id().to_string().replace('-', "")
+        );
+        let reason = format!(
+            "{} {} {} by {}: {}",
+            decision_id,
+            match verdict.effect {
+                Effect::Allow => "allows",
+                Effect::Deny => "denies",
+                Effect::ReviewRequired => "requires review for",
+            },
+            draft.kind,
+            draft.actor,
+            verdict.rationale
+        );
+        let payload = serde_json::json!({
+            "decision_id": decision_id,
+            "effect": verdict.effect,
+            "policy_id": verdict.policy_id,
+            "policy_version": verdict.policy_version,
+            "actor_id": request.actor,
+            "object_id": request.object_id,
+            "profile_id": request.profile,
+            "action": request.action,
+            "rationale": verdict.rationale,
+            "decided_at": self.inner.clock.now().to_string(),
+        });
+        let bad = |e: InvalidValue| AppendError::DerivedDamaged(format!("policy decision: {e}"));
+        let mut decision = EventDraft::new(
+            crate::ids::ActorId::new(POLICY_ACTOR).map_err(bad)?,
+            crate::ids::EventKind::new("policy.decided").map_err(bad)?,
+        );
+        decision.subject = Some(Subject::new(decision_id.as_str()).map_err(bad)?);
+        decision.payload = crate::event::Payload::new(payload).map_err(bad)?;
+        let blocks = match verdict.effect {
+            Effect::Allow => None,
+            effect => Some((effect, reason)),
+        };
+        Ok(Gate::Decided { decision, blocks })
     }
 
     /// Outcome for a foreign event whose origin slot is already filled:

@@ -13,18 +13,20 @@ use crate::{exit, Failure};
 /// about a thousand typical lines.
 const INGEST_BUFFER_BYTES: usize = 1 << 20;
 
-fn options(cli: &Cli, catch_up: bool) -> core::OpenOptions {
-    core::OpenOptions {
+fn options(cli: &Cli, home: &Path, catch_up: bool) -> Result<core::OpenOptions, Failure> {
+    let policy = core::LocalPolicy::load(home).map_err(|e| Failure::store(&e))?;
+    Ok(core::OpenOptions {
         catch_up,
         storage: core::StorageOptions {
             cache_capacity_bytes: cli.cache_mib.saturating_mul(1024 * 1024),
         },
+        policy: std::sync::Arc::new(policy),
         ..core::OpenOptions::default()
-    }
+    })
 }
 
 fn open(cli: &Cli, home: &Path, catch_up: bool) -> Result<core::Store, Failure> {
-    core::Store::open(home, options(cli, catch_up)).map_err(|e| Failure::store(&e))
+    core::Store::open(home, options(cli, home, catch_up)?).map_err(|e| Failure::store(&e))
 }
 
 fn close(store: core::Store) -> Result<(), Failure> {
@@ -79,7 +81,7 @@ fn init(cli: &Cli, home: &Path, a: &crate::cli::InitArgs) -> Result<u8, Failure>
             profile,
             created_at: None,
         },
-        options(cli, true),
+        options(cli, home, true)?,
     )
     .map_err(|e| Failure::store(&e))?;
     let meta = store.meta().clone();
@@ -116,6 +118,10 @@ struct ResultLine<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     id: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    decision_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    decision_seq: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     reason: Option<&'a str>,
 }
 
@@ -146,6 +152,8 @@ fn ingest(cli: &Cli, home: &Path, a: &crate::cli::IngestArgs) -> Result<u8, Fail
                 seq: Some(*seq),
                 hash: Some(hash.to_string()),
                 id: Some(id),
+                decision_id: None,
+                decision_seq: None,
                 reason: None,
             },
             core::LineOutcome::Duplicate { seq, hash } => ResultLine {
@@ -154,6 +162,8 @@ fn ingest(cli: &Cli, home: &Path, a: &crate::cli::IngestArgs) -> Result<u8, Fail
                 seq: Some(*seq),
                 hash: Some(hash.to_string()),
                 id: None,
+                decision_id: None,
+                decision_seq: None,
                 reason: None,
             },
             core::LineOutcome::Rejected { reason } => ResultLine {
@@ -162,6 +172,22 @@ fn ingest(cli: &Cli, home: &Path, a: &crate::cli::IngestArgs) -> Result<u8, Fail
                 seq: None,
                 hash: None,
                 id: None,
+                decision_id: None,
+                decision_seq: None,
+                reason: Some(reason),
+            },
+            core::LineOutcome::Blocked {
+                decision_id,
+                decision_seq,
+                reason,
+            } => ResultLine {
+                line: r.line,
+                result: "policy_blocked",
+                seq: None,
+                hash: None,
+                id: None,
+                decision_id: Some(decision_id),
+                decision_seq: Some(*decision_seq),
                 reason: Some(reason),
             },
         };
@@ -583,7 +609,7 @@ fn import(cli: &Cli, home: &Path, a: &crate::cli::ImportArgs) -> Result<u8, Fail
 
 fn restore(cli: &Cli, home: &Path, a: &crate::cli::RestoreArgs) -> Result<u8, Failure> {
     let (store, manifest) =
-        core::restore(home, &a.file, options(cli, true)).map_err(|e| bundle_failure(&e))?;
+        core::restore(home, &a.file, options(cli, home, true)?).map_err(|e| bundle_failure(&e))?;
     let (head, hash) = store.head().map_err(|e| Failure {
         code: exit::STORE,
         message: e,

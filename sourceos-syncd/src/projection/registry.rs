@@ -513,9 +513,15 @@ fn policy_decided(
         return Ok(());
     };
     let object = text(&p, "object_id");
-    let blocking =
-        |e: Option<String>| matches!(e.as_deref(), Some("deny") | Some("review_required"));
-    let now_blocks = blocking(text(&p, "effect"));
+    // Only decisions about syncing (or about nothing in particular) hold
+    // an object; a refused mutation refused that request only.
+    let blocking = |m: &Map<String, Value>| {
+        matches!(
+            text(m, "effect").as_deref(),
+            Some("deny") | Some("review_required")
+        ) && matches!(text(m, "action").as_deref(), None | Some("sync"))
+    };
+    let now_blocks = blocking(&p);
     upsert(state, Entity::Decision, "decision_id", p, ev)?;
     if let Some(obj) = object {
         let ok = key(Entity::Object, &obj);
@@ -524,7 +530,7 @@ fn policy_decided(
         let before: Option<String> = get(state, &ik)?;
         let was_blocking = match before {
             Some(prev) => get::<RecordState>(state, &key(Entity::Decision, &prev))?
-                .is_some_and(|r| blocking(text(&r.record, "effect"))),
+                .is_some_and(|r| blocking(&r.record)),
             None => false,
         };
         put(state, ik, &id)?;
@@ -684,4 +690,38 @@ pub(crate) fn admit(
         _ => Ok(()),
     };
     Ok(verdict)
+}
+
+/// The facts the policy hook decides a local object mutation on, or
+/// `None` when the draft is not an object mutation. Privacy class and sync
+/// visibility come from the draft when it sets them, else from the object.
+pub(crate) fn policy_request(
+    state: &Staging,
+    d: &EventDraft,
+    profile: &crate::ids::ProfileId,
+) -> Result<Option<crate::policy::PolicyRequest>, ProjectionError> {
+    if !matches!(
+        d.kind.as_str(),
+        "object.created" | "object.updated" | "object.deleted" | "object.tombstoned"
+    ) {
+        return Ok(None);
+    }
+    let p = fields(&d.payload);
+    let id = text(&p, "object_id");
+    let current = match &id {
+        Some(i) => object(state, i)?,
+        None => None,
+    };
+    let pick = |f: &str| text(&p, f).or_else(|| current.as_ref().and_then(|o| text(&o.record, f)));
+    let trust = record(state, Entity::Actor, d.actor.as_str())?
+        .and_then(|a| text(&a.record, "trust_level"));
+    Ok(Some(crate::policy::PolicyRequest {
+        action: crate::policy::Action::Mutation,
+        actor: d.actor.to_string(),
+        actor_trust_level: trust,
+        object_id: id,
+        profile: pick("profile_id").unwrap_or_else(|| profile.to_string()),
+        privacy_class: pick("privacy_class"),
+        sync_visibility: pick("sync_visibility"),
+    }))
 }
