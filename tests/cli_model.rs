@@ -363,3 +363,119 @@ effect = "deny"
         stderr(&out)
     );
 }
+
+fn proposal(txn: &str, base: &str, title: &str) -> String {
+    format!(
+        r#"{{"kind":"agent.transaction.proposed","actor":"actor:agent-one","payload":{{"transaction_id":"{txn}","object_ids":["object:alpha"],"operation":"update","changes":{{"object:alpha":{{"title":"{title}"}}}},"base_versions":{{"object:alpha":"{base}"}}}}}}"#
+    )
+}
+
+fn txn_show(home: &Home, id: &str) -> Value {
+    let out = home.run(&["txn", "show", id]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn agent_transactions_change_objects_only_when_applied() {
+    let a = device("device:a");
+    ingest_ok(&a, &SETUP);
+    let v0 = explain(&a, "object:alpha")["version"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    // No policy rule: the proposal is approved by policy at once, but the
+    // object is unchanged until the transaction is applied.
+    ingest_ok(&a, &[&proposal("agent-txn:one", &v0, "by agent")]);
+    assert_eq!(txn_show(&a, "agent-txn:one")["status"], "approved");
+    assert_eq!(explain(&a, "object:alpha")["version"], v0.as_str());
+    let out = a.run(&["txn", "apply", "agent-txn:one"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(txn_show(&a, "agent-txn:one")["status"], "applied");
+    let x = explain(&a, "object:alpha");
+    assert_eq!(x["record"]["title"], "by agent");
+    assert_eq!(x["last_changed"]["actor"], "actor:agent-one");
+    assert_ne!(x["version"], v0.as_str());
+    // Applying twice is an invalid move.
+    let again = a.run(&["txn", "apply", "agent-txn:one"]);
+    assert_eq!(again.status.code(), Some(65));
+    assert!(stderr(&again).contains("Applied"), "{}", stderr(&again));
+
+    // Policy asks for review: the proposal waits, naming the decision.
+    std::fs::write(
+        a.path().join("policy.toml"),
+        "[[rule]]\nname = \"agents need review\"\naction = \"agent_transaction\"\neffect = \"review_required\"\n",
+    )
+    .unwrap();
+    let v1 = explain(&a, "object:alpha")["version"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    ingest_ok(&a, &[&proposal("agent-txn:two", &v1, "reviewed")]);
+    let t = txn_show(&a, "agent-txn:two");
+    assert_eq!(t["status"], "proposed");
+    assert!(t["policy_decision_ref"]
+        .as_str()
+        .unwrap()
+        .starts_with("urn:srcos:decision:"));
+    assert_eq!(
+        a.run(&["txn", "apply", "agent-txn:two"]).status.code(),
+        Some(65),
+        "apply before approval"
+    );
+    assert_eq!(
+        a.run(&[
+            "txn",
+            "approve",
+            "agent-txn:two",
+            "--actor",
+            "actor:local-user"
+        ])
+        .status
+        .code(),
+        Some(0)
+    );
+    assert_eq!(
+        a.run(&["txn", "apply", "agent-txn:two"]).status.code(),
+        Some(0)
+    );
+    assert_eq!(explain(&a, "object:alpha")["record"]["title"], "reviewed");
+
+    // A rejected transaction never changes anything.
+    let v2 = explain(&a, "object:alpha")["version"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    ingest_ok(&a, &[&proposal("agent-txn:three", &v2, "never")]);
+    assert_eq!(
+        a.run(&["txn", "reject", "agent-txn:three", "--reason", "not now"])
+            .status
+            .code(),
+        Some(0)
+    );
+    assert_eq!(txn_show(&a, "agent-txn:three")["status"], "rejected");
+    assert_eq!(
+        a.run(&["txn", "apply", "agent-txn:three"]).status.code(),
+        Some(65)
+    );
+    assert_eq!(explain(&a, "object:alpha")["version"], v2.as_str());
+
+    // Policy denies: the proposal is not recorded, the decision is.
+    std::fs::write(
+        a.path().join("policy.toml"),
+        "[[rule]]\nname = \"no agent changes\"\naction = \"agent_transaction\"\neffect = \"deny\"\n",
+    )
+    .unwrap();
+    let out = a.ingest(&[proposal("agent-txn:four", &v2, "denied")]);
+    assert_eq!(out.status.code(), Some(65));
+    assert_eq!(json_lines(&out)[0]["result"], "policy_blocked");
+    assert_eq!(
+        a.run(&["txn", "show", "agent-txn:four"]).status.code(),
+        Some(65)
+    );
+    let list: Vec<Value> =
+        serde_json::from_slice(&a.run(&["txn", "list", "--json"]).stdout).unwrap();
+    assert_eq!(list.len(), 3);
+    assert_eq!(a.run(&["doctor"]).status.code(), Some(0));
+}

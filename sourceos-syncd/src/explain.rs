@@ -393,3 +393,19 @@ pub fn conflicts(store: &Store) -> Result<Vec<ConflictView>, ProjectionError> {
         Ok(out)
     })?
 }
+
+/// Lists agent object transactions.
+pub fn transactions(store: &Store) -> Result<Vec<registry::TxnState>, ProjectionError> {
+    store.with_registry(|state| {
+        let mut out = Vec::new();
+        for (_, bytes) in registry::list(state, Entity::Transaction, MAX_LISTED)? {
+            out.push(registry::decode::<registry::TxnState>(&bytes)?);
+        }
+        Ok(out)
+    })?
+}
+
+/// One agent object transaction.
+pub fn transaction(store: &Store, id: &str) -> Result<Option<registry::TxnState>, ProjectionError> {
+    store.with_registry(|state| registry::txn(state, id))?
+}

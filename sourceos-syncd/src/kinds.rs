@@ -20,8 +20,8 @@ pub(crate) struct KindSpec {
 }
 
 /// Every domain's table of kinds.
-fn tables() -> [&'static [KindSpec]; 1] {
-    [crate::model::KINDS]
+fn tables() -> [&'static [KindSpec]; 2] {
+    [crate::model::KINDS, crate::agent_txn::KINDS]
 }
 
 /// The spec of a known kind.

@@ -5,6 +5,7 @@
 //! be thrown away and rebuilt. This file is the crate's contract: modules
 //! are private and what other crates may use is re-exported here.
 
+mod agent_txn;
 mod bundle;
 mod clock;
 mod codec;
@@ -21,6 +22,10 @@ mod status;
 mod storage;
 mod store;
 
+pub use agent_txn::{
+    transition as txn_transition, InvalidTransition, Proposal, TxnEvent, TxnOperation, TxnStatus,
+    MAX_TXN_OBJECTS,
+};
 pub use bundle::{
     export, import, restore, verify_bundle, BundleError, BundleManifest, ImportReport,
     BUNDLE_FORMAT, BUNDLE_MAGIC,
@@ -38,8 +43,8 @@ pub use event::{
     GENESIS_DOMAIN, MAX_ENVELOPE_BYTES, MAX_PAYLOAD_BYTES,
 };
 pub use explain::{
-    conflicts, explain, objects, records, Blocker, ConflictView, Explanation, ObjectSummary,
-    RecordKind, SyncPlan, MAX_LISTED,
+    conflicts, explain, objects, records, transaction, transactions, Blocker, ConflictView,
+    Explanation, ObjectSummary, RecordKind, SyncPlan, MAX_LISTED,
 };
 pub use ids::{
     ActorId, DeviceId, Digest, EventId, EventKind, IdempotencyKey, InvalidValue, ProfileId, Seq,
@@ -54,7 +59,7 @@ pub use policy::{
     Action, LocalPolicy, PolicyError, PolicyHook, PolicyRequest, PolicyVerdict, Rule, MAX_RULES,
     POLICY_FILE,
 };
-pub use projection::registry::{ConflictState, Counters as RegistryCounters, Step};
+pub use projection::registry::{ConflictState, Counters as RegistryCounters, Step, TxnState};
 pub use projection::summary::SummaryView;
 pub use projection::{Checkpoint, ProjectionError, ProjectionHealth, ProjectionStatus};
 pub use status::{

@@ -312,6 +312,22 @@ enum Gate {
     },
 }
 
+/// The approval syncd records for a transaction that policy allows.
+fn approval(txn: &str, decision: Option<&str>) -> Result<EventDraft, AppendError> {
+    let bad = |e: InvalidValue| AppendError::DerivedDamaged(format!("approval: {e}"));
+    let mut d = EventDraft::new(
+        crate::ids::ActorId::new(POLICY_ACTOR).map_err(bad)?,
+        crate::ids::EventKind::new("agent.transaction.approved").map_err(bad)?,
+    );
+    d.subject = Some(Subject::new(txn).map_err(bad)?);
+    let mut payload = serde_json::json!({ "transaction_id": txn });
+    if let (Some(id), Some(m)) = (decision, payload.as_object_mut()) {
+        m.insert("policy_decision_ref".into(), id.into());
+    }
+    d.payload = crate::event::Payload::new(payload).map_err(bad)?;
+    Ok(d)
+}
+
 fn decision_id_of(d: &EventDraft) -> String {
     d.subject
         .as_ref()
@@ -864,8 +880,17 @@ impl Store {
         if let Err(reason) = self.admit(&st.engine, &draft)? {
             return Ok(AppendOutcome::Rejected { reason });
         }
+        let proposal = (draft.kind.as_str() == "agent.transaction.proposed")
+            .then(|| draft.subject.as_ref().map(ToString::to_string))
+            .flatten();
         match self.gate(&st.engine, &draft)? {
-            Gate::Pass => self.seal_into(st, b, draft, None),
+            Gate::Pass => {
+                let out = self.seal_into(st, b, draft, None)?;
+                if let (Some(txn), AppendOutcome::Appended { .. }) = (&proposal, &out) {
+                    self.seal_into(st, b, approval(txn, None)?, None)?;
+                }
+                Ok(out)
+            }
             Gate::Decided { decision, blocks } => {
                 let decision_id = decision_id_of(&decision);
                 let recorded = self.seal_into(st, b, decision, None)?;
@@ -875,10 +900,28 @@ impl Store {
                 else {
                     return Ok(recorded);
                 };
-                match blocks {
+                match (blocks, &proposal) {
                     // An explicit allow is recorded before what it allows.
-                    None => self.seal_into(st, b, draft, None),
-                    Some((effect, reason)) => Ok(AppendOutcome::PolicyBlocked {
+                    (None, _) => {
+                        let out = self.seal_into(st, b, draft, None)?;
+                        if let (Some(txn), AppendOutcome::Appended { .. }) = (&proposal, &out) {
+                            self.seal_into(st, b, approval(txn, Some(&decision_id))?, None)?;
+                        }
+                        Ok(out)
+                    }
+                    // A proposal that needs review waits, proposed, naming
+                    // the decision.
+                    (Some((Effect::ReviewRequired, _)), Some(_)) => {
+                        let mut draft = draft;
+                        let mut fields = draft.payload.to_value();
+                        if let Some(m) = fields.as_object_mut() {
+                            m.insert("policy_decision_ref".into(), decision_id.clone().into());
+                        }
+                        draft.payload = crate::event::Payload::new(fields)
+                            .map_err(|e| AppendError::DerivedDamaged(format!("proposal: {e}")))?;
+                        self.seal_into(st, b, draft, None)
+                    }
+                    (Some((effect, reason)), _) => Ok(AppendOutcome::PolicyBlocked {
                         decision_id,
                         decision_seq,
                         effect,

@@ -65,6 +65,9 @@ pub enum Command {
     Profiles(ListArgs),
     /// List conflicts with their decision cards.
     Conflicts(ListArgs),
+    /// Agent object transactions: list, show, approve, reject, apply.
+    #[command(subcommand)]
+    Txn(TxnCommand),
     /// Write events to a self-verifying bundle (all, or those after --since).
     Export(ExportArgs),
     /// Append a peer's bundle; events keep their origin; re-importing is a
@@ -178,6 +181,54 @@ pub struct ListArgs {
     /// Print as JSON (one array).
     #[arg(long)]
     pub json: bool,
+}
+
+/// `syncd txn`.
+#[derive(Debug, Subcommand)]
+pub enum TxnCommand {
+    /// List transactions.
+    List(ListArgs),
+    /// Show one transaction.
+    Show(TxnIdArgs),
+    /// Approve a proposed transaction (a person's review).
+    Approve(TxnActArgs),
+    /// Reject a proposed or approved transaction.
+    Reject(TxnRejectArgs),
+    /// Apply an approved transaction: only this changes the objects.
+    Apply(TxnActArgs),
+}
+
+/// A transaction id.
+#[derive(Debug, Args)]
+pub struct TxnIdArgs {
+    /// The transaction id.
+    pub id: String,
+    /// Print as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Approve or apply.
+#[derive(Debug, Args)]
+pub struct TxnActArgs {
+    /// The transaction id.
+    pub id: String,
+    /// Who acts.
+    #[arg(long, default_value = "actor:local-user", value_name = "ACTOR")]
+    pub actor: String,
+}
+
+/// Reject.
+#[derive(Debug, Args)]
+pub struct TxnRejectArgs {
+    /// The transaction id.
+    pub id: String,
+    /// Why.
+    #[arg(long)]
+    pub reason: String,
+    /// Who acts.
+    #[arg(long, default_value = "actor:local-user", value_name = "ACTOR")]
+    pub actor: String,
 }
 
 /// `syncd export`.

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use sourceos_syncd as core;
 
-use crate::cli::{Cli, Command, DamageMode, DrillCommand};
+use crate::cli::{Cli, Command, DamageMode, DrillCommand, TxnCommand};
 use crate::output::{byte_progress, progress, Out};
 use crate::{exit, Failure};
 
@@ -52,6 +52,7 @@ pub fn run(cli: &Cli, home: &Path) -> Result<u8, Failure> {
             list_records(cli, home, a, core::RecordKind::Profiles, "profile_id")
         }
         Command::Conflicts(a) => list_conflicts(cli, home, a),
+        Command::Txn(t) => txn(cli, home, t),
         Command::Export(a) => export(cli, home, a),
         Command::Import(a) => import(cli, home, a),
         Command::Restore(a) => restore(cli, home, a),
@@ -814,4 +815,89 @@ fn list_conflicts(cli: &Cli, home: &Path, a: &crate::cli::ListArgs) -> Result<u8
     }
     out.flush()?;
     Ok(exit::OK)
+}
+
+fn txn(cli: &Cli, home: &Path, t: &TxnCommand) -> Result<u8, Failure> {
+    let store = open(cli, home, true)?;
+    let result = txn_inner(&store, t);
+    close(store)?;
+    result
+}
+
+fn txn_inner(store: &core::Store, t: &TxnCommand) -> Result<u8, Failure> {
+    let mut out = Out::new();
+    let (kind, id, actor, reason) = match t {
+        TxnCommand::List(a) => {
+            let list = core::transactions(store).map_err(|e| Failure::store(&e))?;
+            if a.json {
+                out.json_pretty(&list)?;
+            } else {
+                for x in &list {
+                    out.line(&format!(
+                        "{:<32} {:<9} by {}{}",
+                        x.transaction_id,
+                        format!("{:?}", x.status).to_lowercase(),
+                        x.proposed_by,
+                        x.policy_decision_ref
+                            .as_deref()
+                            .map(|d| format!("  ({d})"))
+                            .unwrap_or_default()
+                    ))?;
+                }
+            }
+            out.flush()?;
+            return Ok(exit::OK);
+        }
+        TxnCommand::Show(a) => {
+            let x = core::transaction(store, &a.id).map_err(|e| Failure::store(&e))?;
+            let Some(x) = x else {
+                return Err(Failure {
+                    code: exit::DATA,
+                    message: format!("unknown transaction {}", a.id),
+                });
+            };
+            out.json_pretty(&x)?;
+            out.flush()?;
+            return Ok(exit::OK);
+        }
+        TxnCommand::Approve(a) => ("agent.transaction.approved", &a.id, &a.actor, None),
+        TxnCommand::Apply(a) => ("agent.transaction.applied", &a.id, &a.actor, None),
+        TxnCommand::Reject(a) => (
+            "agent.transaction.rejected",
+            &a.id,
+            &a.actor,
+            Some(a.reason.clone()),
+        ),
+    };
+    let usage = |e: core::InvalidValue| Failure::usage(e.to_string());
+    let mut draft = core::EventDraft::new(
+        core::ActorId::new(actor.as_str()).map_err(usage)?,
+        core::EventKind::new(kind).map_err(usage)?,
+    );
+    let mut payload = serde_json::json!({ "transaction_id": id });
+    if let (Some(r), Some(m)) = (reason, payload.as_object_mut()) {
+        m.insert("reason".into(), r.into());
+    }
+    draft.payload = core::Payload::new(payload).map_err(usage)?;
+    core::validate_kind(&mut draft).map_err(|e| Failure {
+        code: exit::DATA,
+        message: e,
+    })?;
+    match store.append(draft).map_err(|e| Failure::store(&e))? {
+        core::AppendOutcome::Appended { seq, .. } => {
+            out.line(&format!("{kind} {id} recorded as event {seq}"))?;
+            out.flush()?;
+            Ok(exit::OK)
+        }
+        core::AppendOutcome::Duplicate { seq, .. } => {
+            out.line(&format!("already recorded as event {seq}"))?;
+            out.flush()?;
+            Ok(exit::OK)
+        }
+        core::AppendOutcome::Rejected { reason }
+        | core::AppendOutcome::PolicyBlocked { reason, .. } => Err(Failure {
+            code: exit::DATA,
+            message: reason,
+        }),
+    }
 }

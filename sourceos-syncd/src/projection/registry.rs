@@ -39,6 +39,7 @@ const CONFLICT: u8 = 0x06;
 const DECISION: u8 = 0x07;
 const OBJECT_DECISION: u8 = 0x08;
 const COUNTERS: &[u8] = &[0x09];
+const TXN: u8 = 0x0a;
 
 /// Entity kinds kept by the registry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,6 +58,8 @@ pub enum Entity {
     Conflict,
     /// Policy decisions.
     Decision,
+    /// Agent object transactions.
+    Transaction,
 }
 
 impl Entity {
@@ -69,6 +72,7 @@ impl Entity {
             Entity::Profile => PROFILE,
             Entity::Conflict => CONFLICT,
             Entity::Decision => DECISION,
+            Entity::Transaction => TXN,
         }
     }
 }
@@ -167,6 +171,29 @@ pub struct ConflictState {
     pub selected_by: Option<String>,
     /// Local event that resolved it (differs per device).
     pub resolved_seq: Option<u64>,
+}
+
+/// An agent object transaction.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TxnState {
+    /// Id.
+    pub transaction_id: String,
+    /// The proposal as submitted.
+    pub proposal: Map<String, Value>,
+    /// Where it is.
+    pub status: crate::agent_txn::TxnStatus,
+    /// The proposing actor.
+    pub proposed_by: String,
+    /// Who approved, rejected or applied it last.
+    pub decided_by: Option<String>,
+    /// Why it was rejected.
+    pub reason: Option<String>,
+    /// The policy decision about it, when one was recorded.
+    pub policy_decision_ref: Option<String>,
+    /// Event that proposed it.
+    pub proposed_seq: u64,
+    /// Event of the last change.
+    pub updated_seq: u64,
 }
 
 /// Counters kept for status, so that it never scans.
@@ -284,6 +311,7 @@ impl Projection for Registry {
             }
             "policy.decided" => policy_decided(state, p, ev),
             "conflict.resolved" => conflict_resolved(state, p, ev),
+            k if k.starts_with("agent.transaction.") => transaction(state, p, ev),
             _ => Ok(()),
         }
     }
@@ -297,6 +325,7 @@ impl Projection for Registry {
             Some(&CONFLICT) => codec::decode::<ConflictState>("conflict", payload).map(|_| ()),
             Some(&OBJECT_DECISION) => codec::decode::<String>("decision ref", payload).map(|_| ()),
             Some(0x09) => codec::decode::<Counters>("counters", payload).map(|_| ()),
+            Some(&TXN) => codec::decode::<TxnState>("transaction", payload).map(|_| ()),
             _ => return Err("unknown record".into()),
         };
         r.map_err(|e| e.to_string())
@@ -412,6 +441,19 @@ fn object_changed(
     p: Map<String, Value>,
     ev: &Envelope,
 ) -> Result<(), ProjectionError> {
+    let deletes = ev.kind().as_str() == "object.deleted";
+    object_change(state, p, ev, deletes, ev.actor().as_str())
+}
+
+/// One object change produced by `ev` on behalf of `actor` (the event's
+/// own actor, or the agent whose applied transaction it is).
+fn object_change(
+    state: &mut Staging,
+    p: Map<String, Value>,
+    ev: &Envelope,
+    deletes: bool,
+    actor: &str,
+) -> Result<(), ProjectionError> {
     let (Some(id), Some(base)) = (text(&p, "object_id"), text(&p, "base_version")) else {
         return Ok(());
     };
@@ -419,7 +461,10 @@ fn object_changed(
     let Some(mut o) = get::<ObjectState>(state, &k)? else {
         return Ok(());
     };
-    let me = step(ev, base.clone());
+    let mut me = step(ev, base.clone());
+    me.deletes = deletes;
+    me.actor = actor.to_owned();
+    me.changed = changed_fields(&p).into_iter().collect();
     // A writer that already changed from this base, other than this one.
     let sibling = o
         .history
@@ -435,7 +480,7 @@ fn object_changed(
         o.record.insert(f.clone(), v.clone());
     }
     o.version = me.version.clone();
-    o.state = if ev.kind().as_str() == "object.deleted" {
+    o.state = if deletes {
         "deleted".into()
     } else {
         "active".into()
@@ -573,6 +618,99 @@ fn conflict_resolved(
     put(state, k, &c)
 }
 
+fn transaction(
+    state: &mut Staging,
+    p: Map<String, Value>,
+    ev: &Envelope,
+) -> Result<(), ProjectionError> {
+    use crate::agent_txn::{transition, TxnEvent, TxnStatus};
+    let (Some(event), Some(id)) = (
+        TxnEvent::of_kind(ev.kind().as_str()),
+        text(&p, "transaction_id"),
+    ) else {
+        return Ok(());
+    };
+    let k = key(Entity::Transaction, &id);
+    let current: Option<TxnState> = get(state, &k)?;
+    let from = current.as_ref().map_or(TxnStatus::Draft, |t| t.status);
+    // Moves that are invalid here (possible only for events from another
+    // device in an odd order) change nothing, deterministically.
+    let Ok(to) = transition(from, event) else {
+        return Ok(());
+    };
+    let mut t = current.unwrap_or_else(|| TxnState {
+        transaction_id: id.clone(),
+        proposal: p.clone(),
+        status: TxnStatus::Draft,
+        proposed_by: ev.actor().to_string(),
+        decided_by: None,
+        reason: None,
+        policy_decision_ref: text(&p, "policy_decision_ref"),
+        proposed_seq: ev.seq().get(),
+        updated_seq: ev.seq().get(),
+    });
+    t.status = to;
+    t.updated_seq = ev.seq().get();
+    if event != TxnEvent::Propose {
+        t.decided_by = Some(ev.actor().to_string());
+        if let Some(r) = text(&p, "policy_decision_ref") {
+            t.policy_decision_ref = Some(r);
+        }
+    }
+    if event == TxnEvent::Reject {
+        t.reason = text(&p, "reason");
+    }
+    if event == TxnEvent::Apply {
+        apply_transaction(state, &t.proposal, &t.proposed_by, ev)?;
+    }
+    put(state, k, &t)
+}
+
+/// The changes of an applied transaction, as object changes produced by
+/// the `applied` event (with the same conflict detection as direct ones).
+fn apply_transaction(
+    state: &mut Staging,
+    proposal: &Map<String, Value>,
+    proposer: &str,
+    ev: &Envelope,
+) -> Result<(), ProjectionError> {
+    let Ok(p) =
+        serde_json::from_value::<crate::agent_txn::Proposal>(Value::Object(proposal.clone()))
+    else {
+        return Ok(());
+    };
+    for id in &p.object_ids {
+        let mut m: Map<String, Value> = p
+            .changes
+            .get(id)
+            .and_then(Value::as_object)
+            .cloned()
+            .unwrap_or_default();
+        m.insert("object_id".into(), Value::String(id.clone()));
+        match p.operation {
+            crate::agent_txn::TxnOperation::Create => object_created(state, m, ev)?,
+            op => {
+                if let Some(base) = p.base_versions.get(id) {
+                    m.insert("base_version".into(), base.clone());
+                }
+                object_change(
+                    state,
+                    m,
+                    ev,
+                    op == crate::agent_txn::TxnOperation::Delete,
+                    proposer,
+                )?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Reads one transaction.
+pub(crate) fn txn(state: &Staging, id: &str) -> Result<Option<TxnState>, ProjectionError> {
+    get(state, &key(Entity::Transaction, id))
+}
+
 /// Reads one entity.
 pub(crate) fn object(state: &Staging, id: &str) -> Result<Option<ObjectState>, ProjectionError> {
     get(state, &key(Entity::Object, id))
@@ -677,6 +815,22 @@ pub(crate) fn admit(
                 Some(_) => Ok(()),
             }
         }
+        "agent.transaction.proposed" => admit_proposal(state, &p)?,
+        k if k.starts_with("agent.transaction.") => {
+            let t = id("transaction_id");
+            let event = crate::agent_txn::TxnEvent::of_kind(k);
+            match (txn(state, &t)?, event) {
+                (None, _) => Err(format!("unknown transaction {t}")),
+                (Some(x), Some(e)) => match crate::agent_txn::transition(x.status, e) {
+                    Err(bad) => Err(format!("transaction {t}: {bad}")),
+                    Ok(_) if e == crate::agent_txn::TxnEvent::Apply => {
+                        admit_proposal_objects(state, &x.proposal, true)?
+                    }
+                    Ok(_) => Ok(()),
+                },
+                (Some(_), None) => Err(format!("unknown transaction event {k}")),
+            }
+        }
         "conflict.resolved" => {
             let c = id("conflict_id");
             match conflict(state, &c)? {
@@ -700,13 +854,36 @@ pub(crate) fn policy_request(
     d: &EventDraft,
     profile: &crate::ids::ProfileId,
 ) -> Result<Option<crate::policy::PolicyRequest>, ProjectionError> {
-    if !matches!(
-        d.kind.as_str(),
-        "object.created" | "object.updated" | "object.deleted" | "object.tombstoned"
-    ) {
-        return Ok(None);
+    let action = match d.kind.as_str() {
+        "object.created" | "object.updated" | "object.deleted" | "object.tombstoned" => {
+            crate::policy::Action::Mutation
+        }
+        "agent.transaction.proposed" => crate::policy::Action::AgentTransaction,
+        _ => return Ok(None),
+    };
+    let mut p = fields(&d.payload);
+    if action == crate::policy::Action::AgentTransaction {
+        // Decide on the first object the transaction touches.
+        let first = p
+            .get("object_ids")
+            .and_then(Value::as_array)
+            .and_then(|a| a.first())
+            .and_then(Value::as_str)
+            .map(str::to_owned);
+        let mut facts = first
+            .as_ref()
+            .and_then(|f| {
+                p.get("changes")
+                    .and_then(|c| c.get(f.as_str()))
+                    .and_then(Value::as_object)
+                    .cloned()
+            })
+            .unwrap_or_default();
+        if let Some(f) = first {
+            facts.insert("object_id".into(), Value::String(f));
+        }
+        p = facts;
     }
-    let p = fields(&d.payload);
     let id = text(&p, "object_id");
     let current = match &id {
         Some(i) => object(state, i)?,
@@ -716,7 +893,7 @@ pub(crate) fn policy_request(
     let trust = record(state, Entity::Actor, d.actor.as_str())?
         .and_then(|a| text(&a.record, "trust_level"));
     Ok(Some(crate::policy::PolicyRequest {
-        action: crate::policy::Action::Mutation,
+        action,
         actor: d.actor.to_string(),
         actor_trust_level: trust,
         object_id: id,
@@ -724,4 +901,63 @@ pub(crate) fn policy_request(
         privacy_class: pick("privacy_class"),
         sync_visibility: pick("sync_visibility"),
     }))
+}
+
+fn admit_proposal(
+    state: &Staging,
+    p: &Map<String, Value>,
+) -> Result<Result<(), String>, ProjectionError> {
+    let t = text(p, "transaction_id").unwrap_or_default();
+    if txn(state, &t)?.is_some() {
+        return Ok(Err(format!("transaction {t} already exists")));
+    }
+    admit_proposal_objects(state, p, false)
+}
+
+/// Checks the objects of a proposal against the registry: updates and
+/// deletes need existing objects, creations need new ids and registered
+/// schemas.
+fn admit_proposal_objects(
+    state: &Staging,
+    p: &Map<String, Value>,
+    applying: bool,
+) -> Result<Result<(), String>, ProjectionError> {
+    let Ok(prop) = serde_json::from_value::<crate::agent_txn::Proposal>(Value::Object(p.clone()))
+    else {
+        return Ok(Err("the proposal does not decode".into()));
+    };
+    for id in &prop.object_ids {
+        let existing = object(state, id)?;
+        match prop.operation {
+            crate::agent_txn::TxnOperation::Create => {
+                if existing.is_some() {
+                    return Ok(Err(format!("object {id} already exists")));
+                }
+                let schema = prop
+                    .changes
+                    .get(id)
+                    .and_then(|c| c.get("schema_id"))
+                    .and_then(Value::as_str)
+                    .unwrap_or_default();
+                if record(state, Entity::Schema, schema)?.is_none() {
+                    return Ok(Err(format!(
+                        "object {id} names schema {schema:?}, which is not registered"
+                    )));
+                }
+            }
+            _ => {
+                if existing.is_none() {
+                    return Ok(Err(format!(
+                        "unknown object {id}{}",
+                        if applying {
+                            " (gone since the proposal)"
+                        } else {
+                            ""
+                        }
+                    )));
+                }
+            }
+        }
+    }
+    Ok(Ok(()))
 }
