@@ -222,7 +222,18 @@ fn bad_bundles_are_refused_and_append_nothing() {
     // A foreign profile.
     let other = device("device:c", "profile:work");
     other.ingest(&(0..3).map(event).collect::<Vec<_>>());
-    refused(&b, &export(&other, &[]), "profiles are isolated");
+    let foreign = export(&other, &[]);
+    refused(&b, &foreign, "profiles are isolated");
+    // A policy rule can admit another profile explicitly.
+    std::fs::write(
+        b.path().join("policy.toml"),
+        "[[rule]]\nname = \"work data may come here\"\naction = \"sync\"\nprofile = \"profile:work\"\neffect = \"allow\"\n",
+    )
+    .unwrap();
+    let before = b.head();
+    assert_eq!(import(&b, &foreign).status.code(), Some(0));
+    assert_eq!(b.head(), before + 3);
+    std::fs::remove_file(b.path().join("policy.toml")).unwrap();
 
     // A forked history: a second store claiming to be device:a with
     // different events, after B already has the real device:a's.

@@ -16,6 +16,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::event::{genesis, Envelope, MAX_ENVELOPE_BYTES};
 use crate::ids::{DeviceId, Digest, ProfileId, Seq, Timestamp};
+use crate::model::Effect;
+use crate::policy::{Action, PolicyRequest};
 use crate::store::{
     AppendError, AppendOutcome, InitOptions, OpenError, OpenOptions, Progress, ReadError, Store,
 };
@@ -358,11 +360,32 @@ pub fn import(store: &Store, path: &Path) -> Result<ImportReport, BundleError> {
         Ok(())
     })?;
     if manifest.profile != store.meta().profile.as_str() {
-        return Err(refused(format!(
-            "it comes from profile {} and this store belongs to {}; profiles are isolated",
-            manifest.profile,
-            store.meta().profile
-        )));
+        // Profiles are isolated unless a policy rule explicitly lets this
+        // one in; the default allow does not.
+        let verdict = store.policy().decide(&PolicyRequest {
+            action: Action::Sync,
+            actor: manifest.source_device.clone(),
+            actor_trust_level: None,
+            object_id: None,
+            profile: manifest.profile.clone(),
+            privacy_class: None,
+            sync_visibility: None,
+        });
+        let explicit_allow =
+            verdict.effect == Effect::Allow && !verdict.rationale.starts_with("no rule matched");
+        if !explicit_allow {
+            return Err(refused(format!(
+                "it comes from profile {} and this store belongs to {}; profiles are isolated and {} ({})",
+                manifest.profile,
+                store.meta().profile,
+                match verdict.effect {
+                    Effect::Allow => "no policy rule admits that profile",
+                    Effect::Deny => "policy denies it",
+                    Effect::ReviewRequired => "policy requires review first",
+                },
+                verdict.rationale
+            )));
+        }
     }
     if manifest.genesis != store.meta().genesis.to_string() {
         return Err(refused(format!(

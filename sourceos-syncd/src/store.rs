@@ -673,6 +673,11 @@ impl Store {
         &self.inner.meta
     }
 
+    /// The policy hook of this store.
+    pub(crate) fn policy(&self) -> &dyn PolicyHook {
+        self.inner.policy.as_ref()
+    }
+
     /// The time source of this store (for documents that carry a time).
     pub fn now(&self) -> Timestamp {
         self.inner.clock.now()
