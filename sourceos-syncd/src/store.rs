@@ -1760,6 +1760,77 @@ mod tests {
         assert!(matches!(out[1], AppendOutcome::Appended { seq, .. } if seq.get() == 1));
     }
 
+    /// INV-PROJ-02: a projection that is behind the log is never advanced
+    /// past events it has not folded, even when new events are appended to
+    /// a store opened without catch-up.
+    #[test]
+    fn behind_projection_is_not_advanced_over_a_gap() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = init(dir.path());
+        let s = Spec {
+            actor: 0,
+            kind: 0,
+            subject: Some(1),
+            key: None,
+        };
+        store
+            .append_many((0..4).map(|_| draft(&s)).collect())
+            .unwrap();
+        store.flush().unwrap();
+        // The subject index as it was at event 4 (records and checkpoint).
+        let at4: Vec<(Vec<u8>, Vec<u8>)> = store
+            .storage()
+            .derived("p.subjects")
+            .unwrap()
+            .iter()
+            .map(|r| r.unwrap())
+            .collect();
+        store
+            .append_many((0..6).map(|_| draft(&s)).collect())
+            .unwrap();
+        store.close().unwrap();
+        {
+            let store = Store::open(
+                dir.path(),
+                OpenOptions {
+                    catch_up: false,
+                    ..opts()
+                },
+            )
+            .unwrap();
+            let tree = store.storage().derived("p.subjects").unwrap();
+            tree.clear().unwrap();
+            for (k, v) in &at4 {
+                tree.raw_insert(k, v).unwrap();
+            }
+            drop(store);
+        }
+        let store = Store::open(
+            dir.path(),
+            OpenOptions {
+                catch_up: false,
+                ..opts()
+            },
+        )
+        .unwrap();
+        store.append(draft(&s)).unwrap();
+        let subjects = store
+            .projections()
+            .unwrap()
+            .into_iter()
+            .find(|p| p.name == "subjects")
+            .unwrap();
+        assert_eq!(subjects.checkpoint_seq, 4);
+        assert_eq!(subjects.health, ProjectionHealth::Behind { at: 4 });
+        store.close().unwrap();
+        // Catch-up on a normal open folds 5..=11 in order.
+        let store = Store::open(dir.path(), opts()).unwrap();
+        let all = store
+            .by_subject(&Subject::new("object:1").unwrap(), 0, 100)
+            .unwrap();
+        assert_eq!(all.len(), 11);
+    }
+
     #[test]
     fn init_twice_and_open_missing_are_clear_errors() {
         let dir = tempfile::tempdir().unwrap();

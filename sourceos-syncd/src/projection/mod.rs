@@ -499,6 +499,12 @@ impl Engine {
                 if ev.seq().get() <= slot.applied.seq {
                     continue;
                 }
+                // Folds are contiguous: a projection that has not seen the
+                // events before this one stays behind (catch-up or a
+                // rebuild brings it forward) instead of skipping them.
+                if ev.seq().get() != slot.applied.seq + 1 {
+                    break;
+                }
                 if let Err(e) = slot.projection.apply(ev, &mut slot.staging) {
                     slot.health = ProjectionHealth::Damaged {
                         reason: e.to_string(),

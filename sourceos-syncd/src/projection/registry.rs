@@ -265,8 +265,24 @@ impl Projection for Registry {
     }
 
     fn apply(&self, ev: &Envelope, state: &mut Staging) -> Result<(), ProjectionError> {
+        // Most events in a busy log are not registry events: leave them
+        // before copying any payload.
+        let kind = ev.kind().as_str();
+        let ours = [
+            "actor.",
+            "schema.",
+            "device.",
+            "profile.",
+            "object.",
+            "policy.",
+            "conflict.",
+            "agent.transaction.",
+        ];
+        if !ours.iter().any(|prefix| kind.starts_with(prefix)) {
+            return Ok(());
+        }
         let p = fields(ev.payload());
-        match ev.kind().as_str() {
+        match kind {
             "actor.registered" => upsert(state, Entity::Actor, "actor_id", p, ev),
             "schema.registered" => upsert(state, Entity::Schema, "schema_id", p, ev),
             "device.registered" => upsert(state, Entity::Device, "device_id", p, ev),
