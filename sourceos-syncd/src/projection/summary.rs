@@ -2,9 +2,8 @@
 //! and the first and last recording times. Status reads it; its size grows
 //! with the number of distinct kinds and actors, never with the log.
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
-use crate::codec;
 use crate::event::Envelope;
 use crate::ids::Timestamp;
 
@@ -20,11 +19,44 @@ pub(crate) const NAME: &str = "summary";
 /// The summary projection.
 pub(crate) struct Summary;
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+/// Totals, stored as three 8-byte big-endian numbers (events, first and
+/// last recording time in Unix microseconds) so that the per-event update
+/// needs no decoding.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 struct Totals {
     events: u64,
     first_at: Option<Timestamp>,
     last_at: Option<Timestamp>,
+}
+
+const TOTALS_LEN: usize = 24;
+
+impl Totals {
+    fn decode(b: &[u8]) -> Result<Self, String> {
+        if b.len() != TOTALS_LEN {
+            return Err(format!(
+                "totals record is {} bytes, not {TOTALS_LEN}",
+                b.len()
+            ));
+        }
+        let n = |i: usize| b.get(i..i + 8).and_then(read_u64).unwrap_or(0);
+        let events = n(0);
+        let at = |raw: u64| (events > 0).then(|| Timestamp::from_unix_micros(raw as i64));
+        Ok(Self {
+            events,
+            first_at: at(n(8)),
+            last_at: at(n(16)),
+        })
+    }
+
+    fn encode(&self) -> Vec<u8> {
+        let mut v = Vec::with_capacity(TOTALS_LEN);
+        v.extend_from_slice(&self.events.to_be_bytes());
+        for t in [self.first_at, self.last_at] {
+            v.extend_from_slice(&(t.map_or(0, Timestamp::unix_micros) as u64).to_be_bytes());
+        }
+        v
+    }
 }
 
 fn keyed(tag: u8, text: &str) -> Vec<u8> {
@@ -62,15 +94,15 @@ impl Projection for Summary {
         bump(state, &keyed(RECORD_KIND, event.kind().as_str()))?;
         bump(state, &keyed(RECORD_ACTOR, event.actor().as_str()))?;
         let slot = state.entry(RECORD_TOTALS)?;
-        let mut totals: Totals = match slot.as_deref() {
-            Some(b) => codec::decode("summary totals", b).map_err(|e| bad(e.to_string()))?,
+        let mut totals = match slot.as_deref() {
+            Some(b) => Totals::decode(b).map_err(bad)?,
             None => Totals::default(),
         };
         totals.events = totals.events.saturating_add(1);
         let at = event.recorded_at();
         totals.first_at = Some(totals.first_at.map_or(at, |f| f.min(at)));
         totals.last_at = Some(totals.last_at.map_or(at, |l| l.max(at)));
-        *slot = Some(codec::encode("summary totals", &totals).map_err(|e| bad(e.to_string()))?);
+        *slot = Some(totals.encode());
         Ok(())
     }
 
@@ -83,9 +115,7 @@ impl Projection for Summary {
                     Err("counter is not 8 bytes".into())
                 }
             }
-            Some(0x03) if key.len() == 1 => codec::decode::<Totals>("summary totals", payload)
-                .map(|_| ())
-                .map_err(|e| e.to_string()),
+            Some(0x03) if key.len() == 1 => Totals::decode(payload).map(|_| ()),
             _ => Err("unknown record".into()),
         }
     }
@@ -111,7 +141,7 @@ pub(crate) fn read(state: &Staging) -> Result<SummaryView, ProjectionError> {
     let pairs = state.scan_all()?;
     let mut view = SummaryView::default();
     if let Some(b) = state.get(RECORD_TOTALS)? {
-        let t: Totals = codec::decode("summary totals", &b).map_err(|e| bad(e.to_string()))?;
+        let t = Totals::decode(&b).map_err(bad)?;
         view.events = t.events;
         view.first_recorded_at = t.first_at.map(|t| t.to_string());
         view.last_recorded_at = t.last_at.map(|t| t.to_string());
