@@ -1384,7 +1384,9 @@ impl Store {
             return Err(RebuildError::LogDamaged(d.clone()));
         }
         let head = st.head;
+        let started = std::time::Instant::now();
         let fold = self.fresh_fold(&selected, head.seq, progress)?;
+        let folded_ms = started.elapsed().as_millis();
         let mut report = RebuildReport {
             events: head.seq,
             projections: Vec::new(),
@@ -1400,6 +1402,12 @@ impl Store {
             report.projections.push((name.to_owned(), written));
         }
         drop(st);
+        tracing::debug!(
+            events = head.seq,
+            folded_ms,
+            written_ms = started.elapsed().as_millis() - folded_ms,
+            "rebuild"
+        );
         self.inner
             .storage
             .sync_durable()
@@ -1416,8 +1424,29 @@ impl Store {
         progress: Progress<'_>,
     ) -> Result<Vec<(&'static str, projection::FreshState)>, RebuildError> {
         let mut fold = FreshFold::new(names, self.inner.meta.genesis);
+        self.verified_scan(head_seq, progress, |chunk| {
+            for env in chunk {
+                fold.apply(env)?;
+            }
+            Ok(())
+        })?;
+        Ok(fold.finish()?)
+    }
+
+    /// Reads the whole log, verifying every event's hash, the sequence and
+    /// the chain, and hands the events to `each` in order, in small chunks
+    /// (small enough that a chunk's decoded events stay in cache; a reader
+    /// thread overlapping with the fold measured slower on two cores).
+    fn verified_scan(
+        &self,
+        head_seq: u64,
+        progress: Progress<'_>,
+        mut each: impl FnMut(&[Envelope]) -> Result<(), RebuildError>,
+    ) -> Result<(), RebuildError> {
+        const CHUNK_EVENTS: usize = 64;
         let mut prev = self.inner.meta.genesis;
         let mut expect = 1u64;
+        let mut chunk = Vec::with_capacity(CHUNK_EVENTS);
         for item in self.scan_raw(Seq::FIRST) {
             let (k, v) = item.map_err(ReadError::from)?;
             let seq = Seq::from_key(&k).map_err(ReadError::BadKey)?;
@@ -1435,15 +1464,18 @@ impl Store {
                     "chain broken at event {seq}"
                 )));
             }
-            fold.apply(&env)?;
             prev = env.hash();
             expect += 1;
-            if expect % 65_536 == 0 {
+            chunk.push(env);
+            if chunk.len() >= CHUNK_EVENTS {
+                each(&chunk)?;
+                chunk.clear();
                 progress(expect - 1, head_seq);
             }
         }
+        each(&chunk)?;
         progress(expect - 1, head_seq);
-        Ok(fold.finish()?)
+        Ok(())
     }
 
     /// Installs a fresh fold's state as a projection's tree (doctor repair).
