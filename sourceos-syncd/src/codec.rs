@@ -47,12 +47,22 @@ pub fn encode_into<T: Serialize + ?Sized>(
     })
 }
 
+/// Scratch space for decoding, in bytes.
+const DECODE_SCRATCH_BYTES: usize = 512;
+
 /// Decodes one CBOR value from `bytes`; trailing bytes are an error.
 pub fn decode<T: DeserializeOwned>(what: &'static str, bytes: &[u8]) -> Result<T, DecodeError> {
+    // The decoder copies short strings through this scratch space; longer
+    // ones are read straight into their own allocation. The library's
+    // default zeroes 4 KiB on every call, which measured as the largest
+    // single cost of reading the log.
+    let mut scratch = [0u8; DECODE_SCRATCH_BYTES];
     let mut reader = bytes;
-    let value = ciborium::de::from_reader(&mut reader).map_err(|e| DecodeError {
-        what,
-        detail: e.to_string(),
+    let value = ciborium::de::from_reader_with_buffer(&mut reader, &mut scratch).map_err(|e| {
+        DecodeError {
+            what,
+            detail: e.to_string(),
+        }
     })?;
     if !reader.is_empty() {
         return Err(DecodeError {

@@ -666,7 +666,9 @@ fn repair(
         let Some(state) = fresh.remove(name) else {
             continue;
         };
-        let tree = store.storage().derived(&projection::tree_name(name))?;
+        let tree = store
+            .storage()
+            .recreate_derived(&projection::tree_name(name))?;
         let written = store
             .install_fresh(name, state, tree)
             .map_err(|e| DoctorError::Rebuild(RebuildError::Projection(e)))?;

@@ -44,20 +44,44 @@ const MAP_HEADER_MAX_INLINE: u8 = 0xb7;
 
 /// A JSON object carried by an event. An absent payload and `{}` are the
 /// same value and are not stored.
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct Payload(Option<serde_json::Map<String, Value>>);
+///
+/// It is kept, stored and hashed as its canonical compact JSON text (keys
+/// sorted), and parsed only when someone looks inside: most folds never do,
+/// and reading the log is then a copy rather than a parse.
+#[derive(Debug, Clone, Default)]
+pub struct Payload {
+    json: Option<Box<str>>,
+    parsed: std::sync::OnceLock<Option<serde_json::Map<String, Value>>>,
+}
+
+impl PartialEq for Payload {
+    fn eq(&self, other: &Self) -> bool {
+        self.json == other.json
+    }
+}
 
 impl Payload {
     /// The empty payload.
     pub fn empty() -> Self {
-        Self(None)
+        Self::default()
     }
 
     /// Validates a payload: a JSON object (or null), at most
     /// [`MAX_PAYLOAD_BYTES`] bytes of compact JSON.
     pub fn new(value: Value) -> Result<Self, InvalidValue> {
-        let payload = Self::from_value_unsized(value)?;
-        let len = payload.json_len();
+        let map = match value {
+            Value::Null => return Ok(Self::empty()),
+            Value::Object(map) if map.is_empty() => return Ok(Self::empty()),
+            Value::Object(map) => map,
+            other => {
+                return Err(InvalidValue::Malformed {
+                    what: "payload",
+                    value: type_name(&other).to_owned(),
+                    reason: "a payload is a JSON object",
+                })
+            }
+        };
+        let len = json_len(&map);
         if len > MAX_PAYLOAD_BYTES {
             return Err(InvalidValue::TooLong {
                 what: "payload",
@@ -65,48 +89,56 @@ impl Payload {
                 max_bytes: MAX_PAYLOAD_BYTES,
             });
         }
-        Ok(payload)
-    }
-
-    fn from_value_unsized(value: Value) -> Result<Self, InvalidValue> {
-        match value {
-            Value::Null => Ok(Self(None)),
-            Value::Object(map) if map.is_empty() => Ok(Self(None)),
-            Value::Object(map) => Ok(Self(Some(map))),
-            other => Err(InvalidValue::Malformed {
-                what: "payload",
-                value: type_name(&other).to_owned(),
-                reason: "a payload is a JSON object",
-            }),
-        }
+        let text = serde_json::to_string(&map).map_err(|_| InvalidValue::Malformed {
+            what: "payload",
+            value: String::new(),
+            reason: "cannot be written as JSON",
+        })?;
+        let parsed = std::sync::OnceLock::new();
+        let _ = parsed.set(Some(map));
+        Ok(Self {
+            json: Some(text.into_boxed_str()),
+            parsed,
+        })
     }
 
     /// Length of the compact JSON text of this payload.
     pub fn json_len(&self) -> usize {
-        let mut counter = ByteCounter(0);
-        match &self.0 {
-            // Writing into a counter cannot fail for a map of JSON values.
-            Some(map) => {
-                serde_json::to_writer(&mut counter, map).map_or(usize::MAX, |()| counter.0)
-            }
-            None => 2,
-        }
+        self.json.as_deref().map_or(2, str::len)
     }
 
     /// True when the payload is empty.
     pub fn is_empty(&self) -> bool {
-        self.0.is_none()
+        self.json.is_none()
+    }
+
+    /// The canonical JSON text (`{}` when empty).
+    pub fn json_text(&self) -> &str {
+        self.json.as_deref().unwrap_or("{}")
     }
 
     /// The payload as a JSON value (`{}` when empty).
     pub fn to_value(&self) -> Value {
-        Value::Object(self.0.clone().unwrap_or_default())
+        Value::Object(self.as_map().cloned().unwrap_or_default())
     }
 
-    /// The payload's fields, if any.
+    /// The payload's fields, if any. Text that is not a JSON object (only
+    /// possible in a forged record) reads as no fields.
     pub fn as_map(&self) -> Option<&serde_json::Map<String, Value>> {
-        self.0.as_ref()
+        self.parsed
+            .get_or_init(|| {
+                self.json
+                    .as_deref()
+                    .and_then(|t| serde_json::from_str(t).ok())
+            })
+            .as_ref()
     }
+}
+
+fn json_len(map: &serde_json::Map<String, Value>) -> usize {
+    let mut counter = ByteCounter(0);
+    // Writing into a counter cannot fail for a map of JSON values.
+    serde_json::to_writer(&mut counter, map).map_or(usize::MAX, |()| counter.0)
 }
 
 struct ByteCounter(usize);
@@ -134,19 +166,24 @@ fn type_name(v: &Value) -> &'static str {
 
 impl Serialize for Payload {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        match &self.0 {
-            Some(map) => map.serialize(s),
-            None => serde_json::Map::new().serialize(s),
-        }
+        s.serialize_str(self.json_text())
     }
 }
 
 impl<'de> Deserialize<'de> for Payload {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         // The envelope's total size is bounded on read; only the shape is
-        // checked here so that decoding stays a single pass.
-        let v = Value::deserialize(d)?;
-        Payload::from_value_unsized(v).map_err(serde::de::Error::custom)
+        // checked here so that reading stays a copy.
+        let text = String::deserialize(d)?;
+        if !(text.starts_with('{') && text.ends_with('}')) || text == "{}" {
+            return Err(serde::de::Error::custom(
+                "payload is not the text of a non-empty JSON object",
+            ));
+        }
+        Ok(Self {
+            json: Some(text.into_boxed_str()),
+            parsed: std::sync::OnceLock::new(),
+        })
     }
 }
 

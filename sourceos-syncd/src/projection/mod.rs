@@ -578,12 +578,11 @@ impl Engine {
     }
 }
 
-/// Replaces a tree's content with a fresh fold's state. The tree is
-/// cleared first (removing the checkpoint) and the checkpoint is written in
-/// the last batch, so a crash in between leaves a tree without checkpoint,
-/// which the next open reports as damaged.
+/// Writes a fresh fold's state into an empty tree (see
+/// `Storage::recreate_derived`). The checkpoint is written in the last
+/// batch, so a crash in between leaves a tree without checkpoint, which the
+/// next open reports as damaged.
 pub(crate) fn write_fresh(tree: &DerivedTree, fresh: FreshState) -> Result<u64, ProjectionError> {
-    tree.clear()?;
     let tree_name = tree.name().to_owned();
     let mut written = 0u64;
     let mut batch = Vec::with_capacity(REBUILD_BATCH_RECORDS);
