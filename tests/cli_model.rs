@@ -235,7 +235,7 @@ fn bad_model_input_is_rejected_naming_what_and_why() {
     ];
     for (line, want) in cases {
         let before = a.head();
-        let out = a.ingest(&[line.clone()]);
+        let out = a.ingest(std::slice::from_ref(&line));
         assert_eq!(out.status.code(), Some(65), "{line}");
         let r = &json_lines(&out)[0];
         assert_eq!(r["result"], "rejected");

@@ -137,9 +137,7 @@ pub fn export(
     since: u64,
     progress: Progress<'_>,
 ) -> Result<BundleManifest, BundleError> {
-    let (head, head_hash) = store
-        .head()
-        .map_err(|reason| BundleError::Rebuild(reason))?;
+    let (head, head_hash) = store.head().map_err(BundleError::Rebuild)?;
     if since > head {
         return Err(BundleError::Refused {
             path: out.to_path_buf(),

@@ -307,7 +307,7 @@ enum Gate {
     Pass,
     /// A rule decided: record `decision`; `blocks` when it is not allowed.
     Decided {
-        decision: EventDraft,
+        decision: Box<EventDraft>,
         blocks: Option<(Effect, String)>,
     },
 }
@@ -898,7 +898,7 @@ impl Store {
             }
             Gate::Decided { decision, blocks } => {
                 let decision_id = decision_id_of(&decision);
-                let recorded = self.seal_into(st, b, decision, None)?;
+                let recorded = self.seal_into(st, b, *decision, None)?;
                 let AppendOutcome::Appended {
                     seq: decision_seq, ..
                 } = recorded
@@ -1058,7 +1058,10 @@ impl Store {
             Effect::Allow => None,
             effect => Some((effect, reason)),
         };
-        Ok(Gate::Decided { decision, blocks })
+        Ok(Gate::Decided {
+            decision: Box::new(decision),
+            blocks,
+        })
     }
 
     /// Outcome for a foreign event whose origin slot is already filled:

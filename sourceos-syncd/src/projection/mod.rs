@@ -28,6 +28,9 @@ use crate::event::Envelope;
 use crate::ids::{Digest, Seq};
 use crate::storage::{DerivedTree, StorageError, DERIVED_PREFIX};
 
+/// A record as key and payload.
+pub(crate) type RawRecord = (Vec<u8>, Vec<u8>);
+
 /// Key of the checkpoint record inside every projection tree.
 pub(crate) const CHECKPOINT_KEY: &[u8] = b"\x00checkpoint";
 /// Length of the checksum appended to every derived record.
@@ -236,7 +239,7 @@ impl Staging {
         &self,
         prefix: &[u8],
         limit: usize,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, ProjectionError> {
+    ) -> Result<Vec<RawRecord>, ProjectionError> {
         let mut out: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
         if let Some(base) = &self.base {
             for pair in base.scan_prefix(prefix) {
