@@ -479,6 +479,10 @@ impl Envelope {
 
     /// The stored bytes of this envelope, re-encoded and checked to hash to
     /// its own hash (the encoding is deterministic).
+    pub fn stored_bytes(&self) -> Result<Vec<u8>, EventDamage> {
+        self.to_stored_bytes()
+    }
+
     pub(crate) fn to_stored_bytes(&self) -> Result<Vec<u8>, EventDamage> {
         let bytes = codec::encode("event envelope", self).map_err(|e| {
             EventDamage::Decode(DecodeError {

@@ -358,9 +358,14 @@ impl Digest {
 
     /// Lowercase hex of the raw bytes, without prefix.
     pub fn to_hex(&self) -> String {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
         let mut out = String::with_capacity(64);
         for b in self.0 {
-            out.push_str(&format!("{b:02x}"));
+            for nibble in [b >> 4, b & 0x0f] {
+                out.push(char::from(
+                    HEX.get(usize::from(nibble)).copied().unwrap_or(b'0'),
+                ));
+            }
         }
         out
     }
@@ -506,8 +511,37 @@ impl Timestamp {
     }
 }
 
+/// Year, month and day of a day count since 1970-01-01 (proleptic
+/// Gregorian calendar), by the days-from-civil inverse.
+fn civil_from_days(days: i64) -> (i64, i64, i64) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month, day)
+}
+
 impl fmt::Display for Timestamp {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Written directly: this runs for every event sealed.
+        let secs = self.0.div_euclid(1_000_000);
+        let micros = self.0.rem_euclid(1_000_000);
+        let (year, month, day) = civil_from_days(secs.div_euclid(86_400));
+        if (0..=9999).contains(&year) {
+            let sod = secs.rem_euclid(86_400);
+            return write!(
+                f,
+                "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{micros:06}Z",
+                sod / 3_600,
+                sod % 3_600 / 60,
+                sod % 60
+            );
+        }
         match chrono::DateTime::<chrono::Utc>::from_timestamp_micros(self.0) {
             Some(dt) => write!(f, "{}", dt.format("%Y-%m-%dT%H:%M:%S%.6fZ")),
             // Outside chrono's range (±262,000 years): still print something
@@ -590,6 +624,37 @@ mod tests {
         assert!(bad_seq.is_err());
         let ts: Timestamp = serde_json::from_str("\"2026-11-24T09:00:00+01:00\"").unwrap();
         assert_eq!(ts.to_string(), "2026-11-24T08:00:00.000000Z");
+    }
+
+    #[test]
+    fn timestamp_text_matches_chrono_across_the_calendar() {
+        let mut t: i64 = -62_135_596_800_000_000; // 0001-01-01
+        let step = 7_948_800_123_457; // about 92 days, with odd seconds and microseconds
+        while t < 253_402_300_799_000_000 {
+            let ours = Timestamp::from_unix_micros(t).to_string();
+            let theirs = chrono::DateTime::<chrono::Utc>::from_timestamp_micros(t)
+                .unwrap()
+                .format("%Y-%m-%dT%H:%M:%S%.6fZ")
+                .to_string();
+            assert_eq!(ours, theirs, "at {t}");
+            assert_eq!(Timestamp::parse(&ours).unwrap().unix_micros(), t);
+            t += step;
+        }
+        assert_eq!(
+            Timestamp::from_unix_micros(0).to_string(),
+            "1970-01-01T00:00:00.000000Z"
+        );
+        assert_eq!(
+            Timestamp::from_unix_micros(-1).to_string(),
+            "1969-12-31T23:59:59.999999Z"
+        );
+    }
+
+    #[test]
+    fn digest_hex_is_lowercase_pairs() {
+        let d = Digest::from_bytes([0xab; 32]);
+        assert_eq!(d.to_hex(), "ab".repeat(32));
+        assert_eq!(Digest::from_bytes([0x0f; 32]).to_hex(), "0f".repeat(32));
     }
 
     #[test]

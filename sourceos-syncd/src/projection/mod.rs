@@ -148,6 +148,33 @@ pub struct Staging {
     tree_name: String,
     base: Option<DerivedTree>,
     dirty: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+    /// Records read from the base tree (including absent ones), so that
+    /// hot records (an actor, an idempotency bucket, a subject's tail) are
+    /// not fetched, checksummed and copied again for every event. Every
+    /// write to the base goes through this staging, so the cache cannot go
+    /// stale; it is bounded by bytes and emptied when full.
+    cache: std::cell::RefCell<ReadCache>,
+}
+
+/// Bytes of records a staging may keep cached.
+const READ_CACHE_BYTES: usize = 32 * 1024 * 1024;
+
+#[derive(Default)]
+struct ReadCache {
+    records: std::collections::HashMap<Vec<u8>, Option<Vec<u8>>>,
+    bytes: usize,
+}
+
+impl ReadCache {
+    fn insert(&mut self, key: Vec<u8>, value: Option<Vec<u8>>) {
+        let size = key.len() + value.as_ref().map_or(0, Vec::len) + 64;
+        if self.bytes + size > READ_CACHE_BYTES {
+            self.records.clear();
+            self.bytes = 0;
+        }
+        self.bytes += size;
+        self.records.insert(key, value);
+    }
 }
 
 impl Staging {
@@ -156,7 +183,20 @@ impl Staging {
             tree_name,
             base,
             dirty: BTreeMap::new(),
+            cache: std::cell::RefCell::new(ReadCache::default()),
         }
+    }
+
+    /// A base record, through the read cache.
+    fn cached(&self, key: &[u8]) -> Result<Option<Vec<u8>>, ProjectionError> {
+        if let Some(hit) = self.cache.borrow().records.get(key) {
+            return Ok(hit.clone());
+        }
+        let loaded = self.load(key)?;
+        if self.base.is_some() {
+            self.cache.borrow_mut().insert(key.to_vec(), loaded.clone());
+        }
+        Ok(loaded)
     }
 
     fn load(&self, key: &[u8]) -> Result<Option<Vec<u8>>, ProjectionError> {
@@ -179,7 +219,7 @@ impl Staging {
     pub(crate) fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, ProjectionError> {
         match self.dirty.get(key) {
             Some(v) => Ok(v.clone()),
-            None => self.load(key),
+            None => self.cached(key),
         }
     }
 
@@ -187,7 +227,13 @@ impl Staging {
     /// Setting it to `None` deletes the record.
     pub(crate) fn entry(&mut self, key: &[u8]) -> Result<&mut Option<Vec<u8>>, ProjectionError> {
         if !self.dirty.contains_key(key) {
-            let loaded = self.load(key)?;
+            // A record about to change leaves the cache; it comes back,
+            // as written, when the staging is flushed.
+            let cached = self.cache.get_mut().records.remove(key);
+            let loaded = match cached {
+                Some(v) => v,
+                None => self.load(key)?,
+            };
             self.dirty.insert(key.to_vec(), loaded);
         }
         self.dirty
@@ -277,13 +323,16 @@ impl Staging {
         self.dirty.len()
     }
 
-    /// Takes the staged writes, framed for storage.
+    /// Takes the staged writes, framed for storage. The written values stay
+    /// readable through the cache.
     fn take_framed(&mut self) -> Vec<(Vec<u8>, Option<Vec<u8>>)> {
         let tree = self.tree_name.clone();
+        let cache = self.cache.get_mut();
         std::mem::take(&mut self.dirty)
             .into_iter()
             .map(|(k, v)| {
-                let framed = v.map(|p| frame(&tree, &k, &p));
+                let framed = v.as_ref().map(|p| frame(&tree, &k, p));
+                cache.insert(k.clone(), v);
                 (k, framed)
             })
             .collect()

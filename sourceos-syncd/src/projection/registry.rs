@@ -804,9 +804,14 @@ pub(crate) fn admit(
             )));
         }
     }
+    let kind = d.kind.as_str();
+    let checked = ["object.", "conflict.", "agent.transaction."];
+    if !checked.iter().any(|prefix| kind.starts_with(prefix)) {
+        return Ok(Ok(()));
+    }
     let p = fields(&d.payload);
     let id = |f: &str| text(&p, f).unwrap_or_default();
-    let verdict = match d.kind.as_str() {
+    let verdict = match kind {
         "object.created" => {
             let obj = id("object_id");
             let schema = id("schema_id");
