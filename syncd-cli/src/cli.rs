@@ -78,6 +78,32 @@ pub enum Command {
     /// Fault-injection drills for practising recovery (derived state only).
     #[command(subcommand)]
     Drill(DrillCommand),
+    /// Record the files of a workspace directory as objects (path, size,
+    /// blake3); later runs record only what changed. Exit 65 when the store
+    /// refused some changes or the directory holds too many files.
+    Track(TrackArgs),
+}
+
+/// `syncd track`.
+#[derive(Debug, Args)]
+pub struct TrackArgs {
+    /// The workspace directory.
+    pub dir: PathBuf,
+    /// Workspace alias (ASCII letters, digits, '.', '_', '-') [default: the
+    /// directory's name, sanitised].
+    #[arg(long = "workspace", value_name = "ALIAS")]
+    pub workspace: Option<String>,
+    /// Refuse directories with more files than this (symbolic links and
+    /// special files count; directories are bounded by the same number).
+    #[arg(long, default_value_t = 100_000, value_name = "N",
+          value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+    pub max_files: u64,
+    /// Print the plan without appending anything.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `syncd init`.

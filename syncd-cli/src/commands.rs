@@ -25,11 +25,13 @@ fn options(cli: &Cli, home: &Path, catch_up: bool) -> Result<core::OpenOptions, 
     })
 }
 
-fn open(cli: &Cli, home: &Path, catch_up: bool) -> Result<core::Store, Failure> {
+/// Opens the store with the home's policy and the cache bound.
+pub(crate) fn open(cli: &Cli, home: &Path, catch_up: bool) -> Result<core::Store, Failure> {
     core::Store::open(home, options(cli, home, catch_up)?).map_err(|e| Failure::store(&e))
 }
 
-fn close(store: core::Store) -> Result<(), Failure> {
+/// Flushes and closes the store.
+pub(crate) fn close(store: core::Store) -> Result<(), Failure> {
     store.close().map_err(|e| Failure::store(&e))
 }
 
@@ -57,6 +59,7 @@ pub fn run(cli: &Cli, home: &Path) -> Result<u8, Failure> {
         Command::Import(a) => import(cli, home, a),
         Command::Restore(a) => restore(cli, home, a),
         Command::Drill(DrillCommand::DamageDerived(a)) => drill(cli, home, a),
+        Command::Track(a) => crate::cmd_track::track(cli, home, a),
     };
     match result {
         // A closed stdout is reported as a failure with code 0 and no text.
