@@ -232,7 +232,23 @@ fn bad_bundles_are_refused_and_append_nothing() {
     .unwrap();
     let before = b.head();
     assert_eq!(import(&b, &foreign).status.code(), Some(0));
-    assert_eq!(b.head(), before + 3);
+    // The admitting decision, then the three events.
+    assert_eq!(b.head(), before + 4);
+    let decision: Value = serde_json::from_slice(
+        &b.run(&[
+            "log",
+            "--from",
+            &(before + 1).to_string(),
+            "--limit",
+            "1",
+            "--json",
+        ])
+        .stdout,
+    )
+    .unwrap();
+    assert_eq!(decision["kind"], "policy.decided");
+    assert_eq!(decision["payload"]["action"], "sync");
+    assert_eq!(decision["payload"]["profile_id"], "profile:work");
     std::fs::remove_file(b.path().join("policy.toml")).unwrap();
 
     // A forked history: a second store claiming to be device:a with

@@ -357,10 +357,11 @@ pub fn import(store: &Store, path: &Path) -> Result<ImportReport, BundleError> {
         }
         Ok(())
     })?;
+    let mut admitted_by: Option<crate::event::EventDraft> = None;
     if manifest.profile != store.meta().profile.as_str() {
         // Profiles are isolated unless a policy rule explicitly lets this
         // one in; the default allow does not.
-        let verdict = store.policy().decide(&PolicyRequest {
+        let request = PolicyRequest {
             action: Action::Sync,
             actor: manifest.source_device.clone(),
             actor_trust_level: None,
@@ -368,7 +369,8 @@ pub fn import(store: &Store, path: &Path) -> Result<ImportReport, BundleError> {
             profile: manifest.profile.clone(),
             privacy_class: None,
             sync_visibility: None,
-        });
+        };
+        let verdict = store.policy().decide(&request);
         let explicit_allow =
             verdict.effect == Effect::Allow && !verdict.rationale.starts_with("no rule matched");
         if !explicit_allow {
@@ -384,6 +386,7 @@ pub fn import(store: &Store, path: &Path) -> Result<ImportReport, BundleError> {
                 verdict.rationale
             )));
         }
+        admitted_by = Some(store.decision_draft(&request, &verdict)?);
     }
     if manifest.genesis != store.meta().genesis.to_string() {
         return Err(refused(format!(
@@ -394,6 +397,11 @@ pub fn import(store: &Store, path: &Path) -> Result<ImportReport, BundleError> {
     }
     if let Some(c) = conflict {
         return Err(refused(c));
+    }
+    // The sync decision that admitted a foreign profile is recorded before
+    // what it admitted (a refusal appends nothing).
+    if let Some(decision) = admitted_by {
+        store.append(decision)?;
     }
     // Pass 2: append in chunks.
     let mut report = ImportReport {

@@ -1019,13 +1019,10 @@ impl Store {
         if verdict.rationale.starts_with("no rule matched") && verdict.effect == Effect::Allow {
             return Ok(Gate::Pass);
         }
-        let decision_id = format!(
-            "urn:srcos:decision:{}",
-            self.inner.ids.next_id().to_string().replace('-', "")
-        );
+        let decision = self.decision_draft(&request, &verdict)?;
         let reason = format!(
             "{} {} {} by {}: {}",
-            decision_id,
+            decision_id_of(&decision),
             match verdict.effect {
                 Effect::Allow => "allows",
                 Effect::Deny => "denies",
@@ -1034,6 +1031,27 @@ impl Store {
             draft.kind,
             draft.actor,
             verdict.rationale
+        );
+        let blocks = match verdict.effect {
+            Effect::Allow => None,
+            effect => Some((effect, reason)),
+        };
+        Ok(Gate::Decided {
+            decision: Box::new(decision),
+            blocks,
+        })
+    }
+
+    /// The `policy.decided` event that records a verdict, with a fresh
+    /// `urn:srcos:decision:` id.
+    pub(crate) fn decision_draft(
+        &self,
+        request: &crate::policy::PolicyRequest,
+        verdict: &crate::policy::PolicyVerdict,
+    ) -> Result<EventDraft, AppendError> {
+        let decision_id = format!(
+            "urn:srcos:decision:{}",
+            self.inner.ids.next_id().to_string().replace('-', "")
         );
         let payload = serde_json::json!({
             "decision_id": decision_id,
@@ -1054,14 +1072,7 @@ impl Store {
         );
         decision.subject = Some(Subject::new(decision_id.as_str()).map_err(bad)?);
         decision.payload = crate::event::Payload::new(payload).map_err(bad)?;
-        let blocks = match verdict.effect {
-            Effect::Allow => None,
-            effect => Some((effect, reason)),
-        };
-        Ok(Gate::Decided {
-            decision: Box::new(decision),
-            blocks,
-        })
+        Ok(decision)
     }
 
     /// Outcome for a foreign event whose origin slot is already filled:
