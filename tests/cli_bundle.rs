@@ -18,10 +18,7 @@ use serde_json::Value;
 use support::{event, json_lines, stderr, stdout, Home};
 
 fn device(name: &str, profile: &str) -> Home {
-    let home = Home::empty();
-    let out = home.run(&["init", "--device", name, "--profile", profile]);
-    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    home
+    Home::device(name, profile)
 }
 
 fn export(home: &Home, extra: &[&str]) -> std::path::PathBuf {

@@ -16,10 +16,7 @@ use serde_json::Value;
 use support::{json_lines, stderr, stdout, Home};
 
 fn device(name: &str) -> Home {
-    let home = Home::empty();
-    let out = home.run(&["init", "--device", name, "--profile", "profile:local-dev"]);
-    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    home
+    Home::device(name, "profile:local-dev")
 }
 
 fn ingest_ok(home: &Home, lines: &[&str]) -> Vec<Value> {

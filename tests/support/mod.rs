@@ -23,14 +23,13 @@ pub struct Home {
 
 impl Home {
     pub fn new() -> Self {
+        Self::device("device:test-a", "profile:local-dev")
+    }
+
+    /// A home initialised as the given device of the given profile.
+    pub fn device(device: &str, profile: &str) -> Self {
         let home = Self::empty();
-        let out = home.run(&[
-            "init",
-            "--device",
-            "device:test-a",
-            "--profile",
-            "profile:local-dev",
-        ]);
+        let out = home.run(&["init", "--device", device, "--profile", profile]);
         assert_eq!(out.status.code(), Some(0), "init failed: {}", stderr(&out));
         home
     }
