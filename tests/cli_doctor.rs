@@ -340,7 +340,7 @@ fn verify_proves_a_head() {
     let other = format!("blake3:{}", "0".repeat(64));
     assert_eq!(
         home.run(&["verify", "--expect-head", &other]).status.code(),
-        Some(1)
+        Some(3)
     );
     assert_eq!(
         home.run(&["verify", "--expect-head", "nonsense"])

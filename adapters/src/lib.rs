@@ -7,7 +7,12 @@
 //! `tests/architecture.rs`).
 //!
 //! - [`workspace`]: `syncd track DIR`, workspace files as file objects.
+//! - [`git`]: `syncd git-state PATH`, the Git workspace classifier: what a
+//!   path is to Git before any Git command runs there, as a
+//!   GitWorkspaceState document with redacted path evidence.
 
+pub mod git;
 pub mod workspace;
 
+pub use git::{Classification, Classifier, GitState, GitWorkspaceState, Operation};
 pub use workspace::{TrackError, TrackReport, WorkspaceAlias};

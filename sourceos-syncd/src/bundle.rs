@@ -371,8 +371,7 @@ pub fn import(store: &Store, path: &Path) -> Result<ImportReport, BundleError> {
             sync_visibility: None,
         };
         let verdict = store.policy().decide(&request);
-        let explicit_allow =
-            verdict.effect == Effect::Allow && !verdict.rationale.starts_with("no rule matched");
+        let explicit_allow = verdict.effect == Effect::Allow && verdict.rule.is_some();
         if !explicit_allow {
             return Err(refused(format!(
                 "it comes from profile {} and this store belongs to {}; profiles are isolated and {} ({})",
@@ -401,7 +400,7 @@ pub fn import(store: &Store, path: &Path) -> Result<ImportReport, BundleError> {
     // The sync decision that admitted a foreign profile is recorded before
     // what it admitted (a refusal appends nothing).
     if let Some(decision) = admitted_by {
-        store.append(decision)?;
+        store.append_system(decision)?;
     }
     // Pass 2: append in chunks.
     let mut report = ImportReport {

@@ -754,7 +754,7 @@ fn record_repair(
         EventKind::new(REPAIR_EVENT_KIND).map_err(bad)?,
     );
     draft.payload = Payload::new(payload).map_err(bad)?;
-    match store.append(draft)? {
+    match store.append_system(draft)? {
         AppendOutcome::Appended { seq, .. } => Ok(Some(seq.get())),
         AppendOutcome::Duplicate { seq, .. } => Ok(Some(seq.get())),
         AppendOutcome::Rejected { reason } | AppendOutcome::PolicyBlocked { reason, .. } => Err(

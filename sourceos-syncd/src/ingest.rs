@@ -58,6 +58,11 @@ fn optional<T>(
 
 /// Parses and validates one input line into a draft, or says why not.
 pub fn parse_line(line: &str) -> Result<EventDraft, String> {
+    // serde would also read a JSON array positionally; an event is an
+    // object.
+    if !line.trim_start().starts_with('{') {
+        return Err("not a valid event line: expected a JSON object".to_owned());
+    }
     let input: InputLine =
         serde_json::from_str(line).map_err(|e| format!("not a valid event line: {e}"))?;
     let kind = input.kind.ok_or("missing required field `kind`")?;
@@ -69,6 +74,12 @@ pub fn parse_line(line: &str) -> Result<EventDraft, String> {
     }
     let actor = input.actor.ok_or("missing required field `actor`")?;
     let actor = ActorId::new(text_field("actor", &actor)?).map_err(|e| format!("`actor`: {e}"))?;
+    if actor
+        .as_str()
+        .starts_with(crate::store::RESERVED_ACTOR_PREFIX)
+    {
+        return Err(format!("`actor`: {actor} is reserved for syncd itself"));
+    }
     let mut draft = EventDraft::new(actor, kind);
     draft.subject = optional("subject", input.subject, |s| Subject::new(s))?;
     draft.session = optional("session", input.session, |s| SessionRef::new(s))?;

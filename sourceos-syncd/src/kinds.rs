@@ -20,8 +20,13 @@ pub(crate) struct KindSpec {
 }
 
 /// Every domain's table of kinds.
-fn tables() -> [&'static [KindSpec]; 2] {
-    [crate::model::KINDS, crate::agent_txn::KINDS]
+fn tables() -> [&'static [KindSpec]; 4] {
+    [
+        crate::model::KINDS,
+        crate::agent_txn::KINDS,
+        crate::gitstate::KINDS,
+        crate::session::KINDS,
+    ]
 }
 
 /// The spec of a known kind.

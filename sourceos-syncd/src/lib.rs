@@ -12,12 +12,15 @@ mod codec;
 mod doctor;
 mod event;
 mod explain;
+mod gitstate;
 mod ids;
 mod ingest;
 mod kinds;
 mod model;
 mod policy;
 mod projection;
+mod session;
+mod session_dag;
 mod status;
 mod storage;
 mod store;
@@ -46,6 +49,7 @@ pub use explain::{
     conflicts, explain, objects, records, transaction, transactions, Blocker, ConflictView,
     Explanation, ObjectSummary, RecordKind, SyncPlan, MAX_LISTED,
 };
+pub use gitstate::{git_state, git_states, GitStateRecord, GIT_STATES, GIT_STATE_KIND};
 pub use ids::{
     ActorId, DeviceId, Digest, EventId, EventKind, IdempotencyKey, InvalidValue, ProfileId, Seq,
     SessionRef, Subject, Timestamp,
@@ -60,8 +64,20 @@ pub use policy::{
     POLICY_FILE,
 };
 pub use projection::registry::{ConflictState, Counters as RegistryCounters, Step, TxnState};
+pub use projection::sessions::{
+    LeaseRecord, OrphanState, SessionCounters, TurnStep, MAX_QUEUED_PER_SESSION, MAX_TURN_STEPS,
+};
 pub use projection::summary::SummaryView;
 pub use projection::{Checkpoint, ProjectionError, ProjectionHealth, ProjectionStatus};
+pub use session::{
+    transition as turn_transition, CorrelationKeys, InvalidTransition as InvalidTurnTransition,
+    QuarantinePayload, TurnEvent, TurnState, MAX_CANDIDATES, ORPHAN_SWEEPER_ACTOR,
+};
+pub use session_dag::{
+    orphans, session, session_ref, session_totals, sessions, sweep, Orphan, OrphanConfig,
+    OrphanEventReceipt, SessionDagError, SessionDetail, SessionView, SweepReport, TurnView,
+    CONFIG_FILE, DEFAULT_ORPHAN_TTL_SECONDS, MAX_ORPHAN_TTL_SECONDS, ORPHAN_RECEIPT_SPEC_VERSION,
+};
 pub use status::{
     status, Health, LogStatus, ProjectionState, StatusDocument, STATUS_SCHEMA_VERSION,
 };

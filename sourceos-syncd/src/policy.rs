@@ -67,6 +67,8 @@ pub struct PolicyVerdict {
     pub policy_version: String,
     /// Why, for people.
     pub rationale: String,
+    /// The rule that decided; `None` for the default allow.
+    pub rule: Option<String>,
 }
 
 /// Decides actions. Implementations must be deterministic for equal
@@ -218,12 +220,14 @@ impl PolicyHook for LocalPolicy {
                 policy_id: self.policy_id.clone(),
                 policy_version: self.policy_version.clone(),
                 rationale: format!("rule {:?} of {}", rule.name, self.policy_id),
+                rule: Some(rule.name.clone()),
             },
             None => PolicyVerdict {
                 effect: Effect::Allow,
                 policy_id: self.policy_id.clone(),
                 policy_version: self.policy_version.clone(),
                 rationale: "no rule matched; allowed by default".to_owned(),
+                rule: None,
             },
         }
     }

@@ -244,27 +244,39 @@ impl Storage {
         guarded(&self.dir, "writing meta of", || self.meta.apply_batch(b))
     }
 
-    pub(crate) fn meta_is_empty(&self) -> bool {
-        self.meta.is_empty()
+    pub(crate) fn meta_is_empty(&self) -> Result<bool, StorageError> {
+        guarded(&self.dir, "reading meta of", || Ok(self.meta.is_empty()))
     }
 
     // ---- derived trees ----
 
     /// Names of all derived trees present in the database.
     pub(crate) fn derived_tree_names(&self) -> Vec<String> {
-        self.db
-            .tree_names()
+        self.tree_names()
             .into_iter()
-            .filter_map(|n| String::from_utf8(n.to_vec()).ok())
+            .filter_map(|n| String::from_utf8(n).ok())
             .filter(|n| n.starts_with(DERIVED_PREFIX))
             .collect()
     }
 
     pub(crate) fn has_tree(&self, name: &str) -> bool {
-        self.db
-            .tree_names()
+        self.tree_names()
             .iter()
-            .any(|n| n.as_ref() == name.as_bytes())
+            .any(|n| n.as_slice() == name.as_bytes())
+    }
+
+    /// Names of all trees; empty if the engine fails (a later call that
+    /// needs the tree reports the failure).
+    fn tree_names(&self) -> Vec<Vec<u8>> {
+        guarded(&self.dir, "listing the trees of", || {
+            Ok(self
+                .db
+                .tree_names()
+                .into_iter()
+                .map(|n| n.to_vec())
+                .collect())
+        })
+        .unwrap_or_default()
     }
 
     /// Opens (creating if absent) a derived tree.

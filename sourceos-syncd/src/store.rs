@@ -300,6 +300,9 @@ pub struct RebuildReport {
 
 /// Actor of the decisions the policy hook records.
 pub const POLICY_ACTOR: &str = "actor:syncd-policy";
+/// Actors whose names start with this are syncd's own; submitters may not
+/// use them.
+pub const RESERVED_ACTOR_PREFIX: &str = "actor:syncd-";
 
 /// What the policy hook said about a draft.
 enum Gate {
@@ -354,6 +357,9 @@ enum LogState {
 /// imported (verified, with its origin kept).
 pub(crate) enum Submission {
     Local(EventDraft),
+    /// Recorded by syncd itself (reports, decisions): may use reserved
+    /// kinds and actors.
+    System(EventDraft),
     Foreign(Envelope),
 }
 
@@ -386,6 +392,8 @@ struct Inner {
     queue: Mutex<Queue>,
     queue_space: Condvar,
     state: Mutex<WriteState>,
+    /// Local drafts refused for a stale writer lease epoch since open.
+    stale_epoch_refusals: std::sync::atomic::AtomicU64,
 }
 
 /// An open store. Cheap to clone; clones share one database handle, one
@@ -498,7 +506,7 @@ impl Store {
         })?;
         let storage =
             Storage::open(&db_dir(home), &options.storage).map_err(|e| map_open(home, e))?;
-        if !storage.meta_is_empty() || storage.event_last()?.is_some() {
+        if !storage.meta_is_empty()? || storage.event_last()?.is_some() {
             return Err(OpenError::AlreadyInitialized {
                 home: home.to_path_buf(),
             });
@@ -535,6 +543,7 @@ impl Store {
             projection::write_fresh(&tree, state).map_err(OpenError::CatchUp)?;
         }
         storage.sync_durable()?;
+        crate::storage::sync_dir(&db_dir(home))?;
         crate::storage::sync_dir(home)?;
         drop(storage);
         Store::open(home, options)
@@ -621,6 +630,7 @@ impl Store {
                     log,
                     poisoned: None,
                 }),
+                stale_epoch_refusals: std::sync::atomic::AtomicU64::new(0),
             }),
         };
         if options.catch_up {
@@ -701,6 +711,14 @@ impl Store {
     /// one flush and fsync.
     pub fn append_many(&self, drafts: Vec<EventDraft>) -> Result<Vec<AppendOutcome>, AppendError> {
         self.submit(drafts.into_iter().map(Submission::Local).collect())
+    }
+
+    /// Appends an event recorded by syncd itself (a repair report, a policy
+    /// decision): it may use reserved kinds and actors.
+    pub(crate) fn append_system(&self, draft: EventDraft) -> Result<AppendOutcome, AppendError> {
+        let mut out = self.submit(vec![Submission::System(draft)])?;
+        out.pop()
+            .ok_or_else(|| AppendError::Poisoned("empty commit result".into()))
     }
 
     /// Appends events recorded on other devices (already verified), keeping
@@ -807,35 +825,18 @@ impl Store {
             in_batch: HashMap::new(),
             in_batch_origins: HashMap::new(),
         };
-        let mut outcomes: Vec<Vec<AppendOutcome>> = Vec::with_capacity(batch.len());
-        for req in batch {
-            let drafts = lock(&req.drafts)
-                .map_err(AppendError::Poisoned)?
-                .take()
-                .unwrap_or_default();
-            let mut out = Vec::with_capacity(drafts.len());
-            for submission in drafts {
-                let outcome = match submission {
-                    Submission::Local(draft) => self.commit_local(st, &mut b, draft)?,
-                    Submission::Foreign(env) => {
-                        let o = env.origin_ref();
-                        let known = match b.in_batch_origins.get(&(o.device.clone(), o.seq)) {
-                            Some((seq, hash)) => Some((*hash, *seq)),
-                            None => self.find_origin(&st.engine, &o)?,
-                        };
-                        match known {
-                            Some((present, local)) => self.same_origin(o.hash, present, local, &o),
-                            None => {
-                                let origin = (env.id(), env.recorded_at(), o);
-                                self.seal_into(st, &mut b, env.to_draft(), Some(origin))?
-                            }
-                        }
-                    }
-                };
-                out.push(outcome);
+        let outcomes = match self.seal_batch(st, &mut b, batch) {
+            Ok(o) => o,
+            Err(e) => {
+                // Events sealed before the failure were folded into staged
+                // derived state but will never be written: this handle must
+                // not write that state, nor reuse those sequence numbers.
+                if !b.rows.is_empty() && st.poisoned.is_none() {
+                    st.poisoned = Some(format!("a group commit failed part-way: {e}"));
+                }
+                return Err(e);
             }
-            outcomes.push(out);
-        }
+        };
         let Batch { head, rows, .. } = b;
         if !rows.is_empty() {
             let durable = self
@@ -864,13 +865,74 @@ impl Store {
         Ok(())
     }
 
-    /// A local draft: idempotency, admission, policy, then sealing.
+    /// Seals every submission of a group onto the batch, in order.
+    fn seal_batch(
+        &self,
+        st: &mut WriteState,
+        b: &mut Batch,
+        batch: &[Arc<Request>],
+    ) -> Result<Vec<Vec<AppendOutcome>>, AppendError> {
+        let mut outcomes: Vec<Vec<AppendOutcome>> = Vec::with_capacity(batch.len());
+        for req in batch {
+            let drafts = lock(&req.drafts)
+                .map_err(AppendError::Poisoned)?
+                .take()
+                .unwrap_or_default();
+            let mut out = Vec::with_capacity(drafts.len());
+            for submission in drafts {
+                let outcome = match submission {
+                    Submission::Local(draft) => self.commit_local(st, b, draft, false)?,
+                    Submission::System(draft) => self.commit_local(st, b, draft, true)?,
+                    Submission::Foreign(env) => {
+                        let o = env.origin_ref();
+                        let known = match b.in_batch_origins.get(&(o.device.clone(), o.seq)) {
+                            Some((seq, hash)) => Some((*hash, *seq)),
+                            None => self.find_origin(&st.engine, &o)?,
+                        };
+                        match known {
+                            Some((present, local)) => self.same_origin(o.hash, present, local, &o),
+                            None => {
+                                let origin = (env.id(), env.recorded_at(), o);
+                                self.seal_into(st, b, env.to_draft(), Some(origin))?
+                            }
+                        }
+                    }
+                };
+                out.push(outcome);
+            }
+            outcomes.push(out);
+        }
+        Ok(outcomes)
+    }
+
+    /// A local draft: kind rules, idempotency, admission, policy, then
+    /// sealing. Only syncd itself (`system`) may record reserved kinds or
+    /// act as a reserved actor.
     fn commit_local(
         &self,
         st: &mut WriteState,
         b: &mut Batch,
-        draft: EventDraft,
+        mut draft: EventDraft,
+        system: bool,
     ) -> Result<AppendOutcome, AppendError> {
+        if !system {
+            if draft.kind.is_reserved() {
+                return Ok(AppendOutcome::Rejected {
+                    reason: format!(
+                        "kind {} is in the reserved `syncd.` namespace, which only syncd records",
+                        draft.kind
+                    ),
+                });
+            }
+            if draft.actor.as_str().starts_with(RESERVED_ACTOR_PREFIX) {
+                return Ok(AppendOutcome::Rejected {
+                    reason: format!("actor {} is reserved for syncd itself", draft.actor),
+                });
+            }
+        }
+        if let Err(reason) = crate::kinds::validate(&mut draft) {
+            return Ok(AppendOutcome::Rejected { reason });
+        }
         if let Some(key) = &draft.idempotency_key {
             if let Some((seq, hash)) = b.in_batch.get(key) {
                 return Ok(AppendOutcome::Duplicate {
@@ -1016,7 +1078,7 @@ impl Store {
             return Ok(Gate::Pass);
         };
         let verdict = self.inner.policy.decide(&request);
-        if verdict.rationale.starts_with("no rule matched") && verdict.effect == Effect::Allow {
+        if verdict.rule.is_none() && verdict.effect == Effect::Allow {
             return Ok(Gate::Pass);
         }
         let decision = self.decision_draft(&request, &verdict)?;
@@ -1108,7 +1170,37 @@ impl Store {
         let Some(state) = engine.staging(registry::NAME) else {
             return Err(AppendError::DerivedDamaged("registry unavailable".into()));
         };
-        registry::admit(state, draft).map_err(|e| AppendError::DerivedDamaged(e.to_string()))
+        let verdict = registry::admit(state, draft)
+            .map_err(|e| AppendError::DerivedDamaged(e.to_string()))?;
+        if verdict.is_err() || !projection::sessions::concerns(draft) {
+            return Ok(verdict);
+        }
+        let Some(state) = engine.staging(projection::sessions::NAME) else {
+            return Err(AppendError::DerivedDamaged(
+                "session DAG unavailable".into(),
+            ));
+        };
+        match projection::sessions::admit(state, draft)
+            .map_err(|e| AppendError::DerivedDamaged(e.to_string()))?
+        {
+            Ok(()) => Ok(Ok(())),
+            Err(refusal) => {
+                if refusal.stale_scope.is_some() {
+                    self.inner
+                        .stale_epoch_refusals
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+                Ok(Err(refusal.reason))
+            }
+        }
+    }
+
+    /// Local drafts refused since this store was opened because their
+    /// writer lease epoch was stale.
+    pub fn stale_epoch_refusals(&self) -> u64 {
+        self.inner
+            .stale_epoch_refusals
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Why a foreign event could not be imported here, if it could not:
@@ -1213,7 +1305,12 @@ impl Store {
     pub fn flush(&self) -> Result<(), ProjectionError> {
         let mut st = lock(&self.inner.state)
             .map_err(|reason| ProjectionError::BadEvent { seq: 0, reason })?;
-        st.engine.flush()?;
+        // A poisoned handle may hold staged folds of events that never
+        // became durable: it writes no derived state; the next open folds
+        // whatever the log really holds.
+        if st.poisoned.is_none() {
+            st.engine.flush()?;
+        }
         drop(st);
         self.inner.storage.sync_durable()?;
         Ok(())
@@ -1334,6 +1431,25 @@ impl Store {
                 tree: projection::tree_name(registry::NAME),
                 key: String::new(),
                 reason: "the registry is not current; run `syncd doctor`".into(),
+            })?;
+        Ok(f(state))
+    }
+
+    /// Runs `f` over the current state of the named projection.
+    pub(crate) fn with_projection<R>(
+        &self,
+        name: &str,
+        f: impl FnOnce(&projection::Staging) -> R,
+    ) -> Result<R, ProjectionError> {
+        let st = lock(&self.inner.state)
+            .map_err(|reason| ProjectionError::BadEvent { seq: 0, reason })?;
+        let state = st
+            .engine
+            .staging(name)
+            .ok_or_else(|| ProjectionError::Damaged {
+                tree: projection::tree_name(name),
+                key: String::new(),
+                reason: format!("projection {name} is not current; run `syncd doctor`"),
             })?;
         Ok(f(state))
     }
@@ -1778,6 +1894,82 @@ mod tests {
             .unwrap();
         assert_eq!(after.first().map(|e| e.seq().get()), Some(601));
         assert_eq!(after.len(), 10);
+    }
+
+    /// INV-STORE-03: a group that fails part-way (here: a damaged registry
+    /// record met during admission of its second draft) poisons the handle,
+    /// so that the folds of its first draft, which never became durable,
+    /// are never written, and the next open is consistent.
+    #[test]
+    fn group_failing_part_way_leaves_no_phantom_derived_state() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = init(dir.path());
+        let good = Spec {
+            actor: 0,
+            kind: 0,
+            subject: Some(1),
+            key: None,
+        };
+        store.append(draft(&good)).unwrap();
+        store.close().unwrap();
+        {
+            // Garble the registry record of actor a3.
+            let store = Store::open(
+                dir.path(),
+                OpenOptions {
+                    catch_up: false,
+                    ..opts()
+                },
+            )
+            .unwrap();
+            let tree = store.storage().derived("p.registry").unwrap();
+            let mut key = vec![0x02];
+            key.extend_from_slice(b"actor:a3");
+            tree.raw_insert(&key, b"garbage that fails its checksum")
+                .unwrap();
+            drop(store);
+        }
+        let store = Store::open(dir.path(), opts()).unwrap();
+        let bad = Spec {
+            actor: 3,
+            kind: 0,
+            subject: Some(1),
+            key: None,
+        };
+        assert!(store.append_many(vec![draft(&good), draft(&bad)]).is_err());
+        assert!(matches!(
+            store.append(draft(&good)),
+            Err(AppendError::Poisoned(_))
+        ));
+        assert_eq!(store.head().unwrap().0, 1);
+        store.close().unwrap();
+        let store = Store::open(
+            dir.path(),
+            OpenOptions {
+                catch_up: false,
+                ..opts()
+            },
+        )
+        .unwrap();
+        for p in store.projections().unwrap() {
+            assert!(
+                p.checkpoint_seq <= 1,
+                "{} claims {} with the log at 1",
+                p.name,
+                p.checkpoint_seq
+            );
+        }
+        let report = crate::doctor::doctor(
+            &store,
+            crate::doctor::DoctorOptions::default(),
+            &mut |_, _| {},
+        )
+        .unwrap();
+        assert!(
+            report.findings.iter().all(|f| f.tree == "p.registry"),
+            "only the garbled registry record may be reported: {:?}",
+            report.findings
+        );
     }
 
     /// INV-PROJ-02: a projection that is behind the log is never advanced

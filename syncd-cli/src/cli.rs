@@ -47,7 +47,8 @@ pub enum Command {
     Doctor(DoctorArgs),
     /// Drop and refold projections from the log.
     Rebuild(RebuildArgs),
-    /// Verify the whole hash chain and print the head hash.
+    /// Verify the whole hash chain and print the head hash. Exit 3 when the
+    /// chain is damaged or the head differs from --expect-head.
     Verify(VerifyArgs),
     /// Answer everything about one object: what it is, its schema, who last
     /// changed it, owner, whether it may sync and why not, conflicts, what
@@ -82,6 +83,64 @@ pub enum Command {
     /// blake3); later runs record only what changed. Exit 65 when the store
     /// refused some changes or the directory holds too many files.
     Track(TrackArgs),
+    /// Classify what a path is to Git (not a repository, repository root,
+    /// inside a working tree or a Git directory, bare, no remote, detached,
+    /// corrupt, permission denied) before any Git command runs there, as a
+    /// GitWorkspaceState document; the path itself is never printed or
+    /// stored, only its sha256 digest and a redacted hint.
+    GitState(GitStateArgs),
+}
+
+/// `syncd git-state`.
+#[derive(Debug, Args)]
+pub struct GitStateArgs {
+    /// The path to classify.
+    pub path: PathBuf,
+    /// Why the state is wanted; decides whether a missing working tree,
+    /// branch or remote is worth a warning.
+    #[arg(long, default_value = "passive_discovery", value_name = "OP",
+          value_parser = clap::builder::PossibleValuesParser::new([
+              "passive_discovery", "watcher_refresh", "user_requested_command",
+              "agent_requested_command", "ci_validation"]))]
+    pub operation: String,
+    /// Print the GitWorkspaceState document as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Also append the document to the log (`git.workspace_state_recorded`).
+    #[arg(long)]
+    pub record: bool,
+    /// Workspace alias: the document's workspaceRef is
+    /// urn:srcos:workspace:ALIAS.
+    #[arg(long = "workspace", default_value = "local", value_name = "ALIAS")]
+    pub workspace: String,
+    /// The workspace's root directory: paths under it are hinted as
+    /// ALIAS/... rather than ~/... .
+    #[arg(long, value_name = "DIR")]
+    pub workspace_root: Option<PathBuf>,
+    /// Session reference (urn:srcos:session:...).
+    #[arg(long, default_value = "urn:srcos:session:local", value_name = "REF")]
+    pub session: String,
+    /// Capability ledger reference (urn:srcos:capability-ledger:...).
+    #[arg(
+        long,
+        default_value = "urn:srcos:capability-ledger:local",
+        value_name = "REF"
+    )]
+    pub capability_ledger: String,
+    /// Policy decision that allows the probe (urn:srcos:decision:...).
+    #[arg(
+        long,
+        default_value = "urn:srcos:decision:local-git-classification",
+        value_name = "REF"
+    )]
+    pub policy_decision: String,
+    /// Agent machine receipt, when an agent asks
+    /// (urn:srcos:agent-machine-receipt:...).
+    #[arg(long, value_name = "REF")]
+    pub agent_receipt: Option<String>,
+    /// Who records the event (with --record).
+    #[arg(long, default_value = "actor:git-classifier", value_name = "ACTOR")]
+    pub actor: String,
 }
 
 /// `syncd track`.
@@ -301,7 +360,8 @@ pub enum DrillCommand {
 /// `syncd drill damage-derived`.
 #[derive(Debug, Args)]
 pub struct DamageArgs {
-    /// The derived tree (p.idempotency, p.subjects, p.summary).
+    /// The derived tree (p.idempotency, p.subjects, p.summary, p.origins,
+    /// p.registry, ...).
     #[arg(long, default_value = "p.summary", value_name = "TREE")]
     pub tree: String,
     /// What to do to it.

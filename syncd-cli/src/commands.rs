@@ -60,6 +60,7 @@ pub fn run(cli: &Cli, home: &Path) -> Result<u8, Failure> {
         Command::Restore(a) => restore(cli, home, a),
         Command::Drill(DrillCommand::DamageDerived(a)) => drill(cli, home, a),
         Command::Track(a) => crate::cmd_track::track(cli, home, a),
+        Command::GitState(a) => crate::cmd_git::git_state(cli, home, a),
     };
     match result {
         // A closed stdout is reported as a failure with code 0 and no text.
@@ -518,8 +519,10 @@ fn verify(cli: &Cli, home: &Path, a: &crate::cli::VerifyArgs) -> Result<u8, Fail
     if !report.damage.is_empty() {
         return Ok(exit::NEEDS_REVIEW);
     }
+    // A different head means this log is not the one it was expected to
+    // be: durable state for a person to look at, like damage.
     if report.expected_head_matches == Some(false) {
-        return Ok(exit::REPAIRABLE);
+        return Ok(exit::NEEDS_REVIEW);
     }
     Ok(exit::OK)
 }

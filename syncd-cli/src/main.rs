@@ -3,6 +3,7 @@
 //! Nothing else happens here.
 
 mod cli;
+mod cmd_git;
 mod cmd_track;
 mod commands;
 mod output;

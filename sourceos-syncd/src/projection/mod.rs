@@ -13,9 +13,11 @@
 //! loses staged writes; the checkpoint then lags the log and the next open
 //! folds the missing events again.
 
+pub(crate) mod git_state;
 pub(crate) mod idempotency;
 pub(crate) mod origins;
 pub(crate) mod registry;
+pub(crate) mod sessions;
 pub(crate) mod subjects;
 pub(crate) mod summary;
 
@@ -430,6 +432,8 @@ pub(crate) fn builtin() -> Vec<Box<dyn Projection>> {
         Box::new(summary::Summary),
         Box::new(origins::OriginsIndex),
         Box::new(registry::Registry),
+        Box::new(git_state::GitStateIndex),
+        Box::new(sessions::Sessions),
     ]
 }
 
