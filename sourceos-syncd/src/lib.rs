@@ -79,7 +79,8 @@ pub use session_dag::{
     CONFIG_FILE, DEFAULT_ORPHAN_TTL_SECONDS, MAX_ORPHAN_TTL_SECONDS, ORPHAN_RECEIPT_SPEC_VERSION,
 };
 pub use status::{
-    status, Health, LogStatus, ProjectionState, StatusDocument, STATUS_SCHEMA_VERSION,
+    status, Health, LogStatus, ProjectionState, SessionStatus, StatusDocument,
+    STATUS_SCHEMA_VERSION,
 };
 pub use storage::{StorageError, StorageOptions, DERIVED_PREFIX, EVENTS_TREE, META_TREE};
 pub use store::{

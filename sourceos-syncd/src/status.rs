@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::projection::sessions::SessionCounters;
 use crate::projection::ProjectionHealth;
 use crate::store::Store;
 
@@ -115,6 +116,20 @@ pub struct StatusDocument {
     pub events_by_kind: BTreeMap<String, u64>,
     /// Projections by name.
     pub projections: BTreeMap<String, ProjectionState>,
+    /// Sessions, turns and orphans, when the session DAG is current.
+    #[serde(default)]
+    pub sessions: Option<SessionStatus>,
+}
+
+/// The session DAG in the status document.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionStatus {
+    /// Totals of the session DAG projection.
+    #[serde(flatten)]
+    pub totals: SessionCounters,
+    /// Local events refused since this process opened the store because
+    /// their writer's lease epoch was stale (they never reach the log).
+    pub stale_epoch_refusals_since_open: u64,
 }
 
 /// Builds the status document of an open store that was reached directly
@@ -192,6 +207,19 @@ pub fn status(store: &Store) -> Result<StatusDocument, String> {
             write_blocked_reason.clone().unwrap_or_default()
         ),
     };
+    // Status reads the session DAG only when it is current: a lagging or
+    // damaged projection is already reported above, with its reason.
+    let sessions_current = projections.iter().any(|p| {
+        p.name == crate::projection::sessions::NAME && p.health == ProjectionHealth::Current
+    });
+    let sessions = if sessions_current {
+        Some(SessionStatus {
+            totals: crate::session_dag::session_totals(store).map_err(|e| e.to_string())?,
+            stale_epoch_refusals_since_open: store.stale_epoch_refusals(),
+        })
+    } else {
+        None
+    };
     let meta = store.meta();
     Ok(StatusDocument {
         schema_version: STATUS_SCHEMA_VERSION,
@@ -218,6 +246,7 @@ pub fn status(store: &Store) -> Result<StatusDocument, String> {
         subject_count,
         events_by_kind: summary.map(|s| s.by_kind).unwrap_or_default(),
         projections: map,
+        sessions,
     })
 }
 

@@ -89,6 +89,62 @@ pub enum Command {
     /// GitWorkspaceState document; the path itself is never printed or
     /// stored, only its sha256 digest and a redacted hint.
     GitState(GitStateArgs),
+    /// List sessions: state, writer lease epoch, turns, recovered orphans.
+    Sessions(ListArgs),
+    /// Show one session (`urn:srcos:session:<id>` or the bare id): its
+    /// correlation keys, writer lease, every turn with its moves and
+    /// outcome, and the orphans recovered into it. Exit 65 when the
+    /// session is unknown.
+    Session(SessionArgs),
+    /// Events that named a session syncd did not know, as SourceOS
+    /// OrphanEventReceipt documents (queued, recovered, quarantined,
+    /// discarded_duplicate); `orphans sweep` quarantines the queued ones
+    /// whose TTL has passed.
+    Orphans(OrphansArgs),
+}
+
+/// `syncd session`.
+#[derive(Debug, Args)]
+pub struct SessionArgs {
+    /// The session: `urn:srcos:session:<id>` or `<id>`.
+    pub id: String,
+    /// Print as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `syncd orphans`.
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct OrphansArgs {
+    /// What to do; without one, list the orphans.
+    #[command(subcommand)]
+    pub command: Option<OrphansCommand>,
+    /// Print the receipts as one JSON array.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `syncd orphans` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum OrphansCommand {
+    /// Quarantine every queued orphan older than the TTL (from
+    /// `[orphans] ttl_seconds` in HOME/config.toml, 300 s by default),
+    /// recording each decision in the log as an `orphan.quarantined`
+    /// event so that a rebuild reproduces it.
+    Sweep(SweepArgs),
+}
+
+/// `syncd orphans sweep`.
+#[derive(Debug, Args)]
+pub struct SweepArgs {
+    /// TTL for this sweep only, in seconds (1 to one year); overrides the
+    /// home's configuration.
+    #[arg(long, value_name = "SECONDS")]
+    pub ttl: Option<u64>,
+    /// Print the sweep report as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `syncd git-state`.

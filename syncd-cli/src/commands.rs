@@ -61,6 +61,9 @@ pub fn run(cli: &Cli, home: &Path) -> Result<u8, Failure> {
         Command::Drill(DrillCommand::DamageDerived(a)) => drill(cli, home, a),
         Command::Track(a) => crate::cmd_track::track(cli, home, a),
         Command::GitState(a) => crate::cmd_git::git_state(cli, home, a),
+        Command::Sessions(a) => crate::cmd_session::sessions(cli, home, a),
+        Command::Session(a) => crate::cmd_session::session(cli, home, a),
+        Command::Orphans(a) => crate::cmd_session::orphans(cli, home, a),
     };
     match result {
         // A closed stdout is reported as a failure with code 0 and no text.
