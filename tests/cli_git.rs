@@ -410,6 +410,13 @@ fn record_appends_an_event_and_the_projection_keeps_the_latest_per_path() {
     assert_eq!(events[0]["subject"], digest.as_str());
     assert_eq!(events[1]["subject"], digest.as_str());
     assert_ne!(events[2]["subject"], digest.as_str());
+    // Probes made outside a session join none: no orphan waits for the
+    // document's placeholder session.
+    for e in &events {
+        assert!(e.get("session").is_none_or(Value::is_null), "{e:#}");
+    }
+    let orphans: Value = serde_json::from_slice(&home.run(&["orphans", "--json"]).stdout).unwrap();
+    assert_eq!(orphans, serde_json::json!([]));
 
     let status = home.status_json();
     assert_eq!(status["projections"]["git_state"]["state"], "current");
@@ -572,4 +579,35 @@ fn unreadable_directory_is_permission_denied_when_not_root() {
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let d: Value = serde_json::from_slice(&out.stdout).unwrap();
     expect(&d, "permission_denied", "warning");
+}
+
+#[test]
+fn a_state_recorded_in_a_session_joins_that_session() {
+    let lab = Lab::new();
+    let home = Home::new();
+    let repo = lab.repo("in-session", true);
+    let p = repo.to_str().unwrap();
+    let open = serde_json::json!({"kind": "session.opened", "actor": "actor:agent-one",
+        "session": "urn:srcos:session:work", "payload": {}});
+    assert_eq!(home.ingest(&[open.to_string()]).status.code(), Some(0));
+    let out = run(
+        &home,
+        &lab,
+        &[
+            p,
+            "--record",
+            "--session",
+            "urn:srcos:session:work",
+            "--json",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(doc["sessionRef"], "urn:srcos:session:work");
+    let session: Value =
+        serde_json::from_slice(&home.run(&["session", "work", "--json"]).stdout).unwrap();
+    // The opening and the recorded state.
+    assert_eq!(session["session"]["events"], 2, "{session:#}");
+    let orphans: Value = serde_json::from_slice(&home.run(&["orphans", "--json"]).stdout).unwrap();
+    assert_eq!(orphans, serde_json::json!([]));
 }

@@ -173,9 +173,12 @@ pub struct GitStateArgs {
     /// ALIAS/... rather than ~/... .
     #[arg(long, value_name = "DIR")]
     pub workspace_root: Option<PathBuf>,
-    /// Session reference (urn:srcos:session:...).
-    #[arg(long, default_value = "urn:srcos:session:local", value_name = "REF")]
-    pub session: String,
+    /// Session the probe belongs to (urn:srcos:session:...). With
+    /// --record, the event joins that session's DAG (or waits as an orphan
+    /// until the session is opened). Without it the document names
+    /// urn:srcos:session:local and the event joins no session.
+    #[arg(long, value_name = "REF")]
+    pub session: Option<String>,
     /// Capability ledger reference (urn:srcos:capability-ledger:...).
     #[arg(
         long,

@@ -22,6 +22,10 @@ use crate::cli::{Cli, GitStateArgs};
 use crate::output::Out;
 use crate::{exit, Failure};
 
+/// The session a document names when the probe was made outside any
+/// session the caller opened.
+const LOCAL_SESSION_REF: &str = "urn:srcos:session:local";
+
 fn data(message: String) -> Failure {
     Failure {
         code: exit::DATA,
@@ -34,7 +38,10 @@ pub fn git_state(cli: &Cli, home: &Path, a: &GitStateArgs) -> Result<u8, Failure
     let operation = Operation::parse(&a.operation)
         .ok_or_else(|| Failure::usage(format!("--operation: unknown {:?}", a.operation)))?;
     let context = DocumentContext {
-        session_ref: a.session.clone(),
+        session_ref: a
+            .session
+            .clone()
+            .unwrap_or_else(|| LOCAL_SESSION_REF.to_owned()),
         capability_ledger_ref: a.capability_ledger.clone(),
         workspace_ref: format!("urn:srcos:workspace:{}", a.workspace),
         policy_decision_ref: a.policy_decision.clone(),
@@ -71,7 +78,12 @@ pub fn git_state(cli: &Cli, home: &Path, a: &GitStateArgs) -> Result<u8, Failure
         .to_document(&context)
         .map_err(|e| Failure::usage(e.to_string()))?;
     let recorded = if a.record {
-        Some(record(cli, home, &doc, &a.actor)?)
+        let attach = if a.session.is_some() {
+            git::Attach::Session
+        } else {
+            git::Attach::None
+        };
+        Some(record(cli, home, &doc, &a.actor, attach)?)
     } else {
         None
     };
@@ -95,11 +107,12 @@ fn record(
     home: &Path,
     doc: &GitWorkspaceState,
     actor: &str,
+    attach: git::Attach,
 ) -> Result<RecordOutcome, Failure> {
     // Checked before the store is opened: a bad actor is a usage error.
     core::ActorId::new(actor).map_err(|e| Failure::usage(format!("--actor: {e}")))?;
     let store = crate::commands::open(cli, home, true)?;
-    let result = git::record(&store, doc, actor);
+    let result = git::record(&store, doc, actor, attach);
     crate::commands::close(store)?;
     result.map_err(|e| match e {
         git::RecordError::Append(a) => Failure::store(&a),

@@ -257,21 +257,36 @@ pub enum DraftError {
 
 impl GitWorkspaceState {
     /// The `git.workspace_state_recorded` event for this document: subject
-    /// is the path digest, session is the document's session, and the
-    /// idempotency key is the document id (recording the same document
-    /// twice records it once). Validated as the store would validate it.
-    pub fn to_draft(&self, actor: &str) -> Result<core::EventDraft, DraftError> {
+    /// is the path digest, and the idempotency key is the document id
+    /// (recording the same document twice records it once). With
+    /// [`Attach::Session`] the envelope's session is the document's, so the
+    /// event joins that session's DAG (or waits as an orphan until the
+    /// session is opened); with [`Attach::None`] the reference stays in the
+    /// document only. Validated as the store would validate it.
+    pub fn to_draft(&self, actor: &str, attach: Attach) -> Result<core::EventDraft, DraftError> {
         let mut d = core::EventDraft::new(
             core::ActorId::new(actor)?,
             core::EventKind::new(core::GIT_STATE_KIND)?,
         );
         d.subject = Some(core::Subject::new(self.path_evidence.path_digest.as_str())?);
-        d.session = Some(core::SessionRef::new(self.session_ref.as_str())?);
+        if attach == Attach::Session {
+            d.session = Some(core::SessionRef::new(self.session_ref.as_str())?);
+        }
         d.idempotency_key = Some(core::IdempotencyKey::new(self.id.as_str())?);
         d.payload = core::Payload::new(serde_json::to_value(self)?)?;
         core::validate_kind(&mut d).map_err(DraftError::Refused)?;
         Ok(d)
     }
+}
+
+/// Whether a recorded document joins its session's DAG.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Attach {
+    /// The envelope names the document's session.
+    Session,
+    /// The envelope names no session (the document still references one):
+    /// for a probe made outside any session the caller opened.
+    None,
 }
 
 /// What recording a document did.
@@ -317,8 +332,9 @@ pub fn record(
     store: &core::Store,
     doc: &GitWorkspaceState,
     actor: &str,
+    attach: Attach,
 ) -> Result<RecordOutcome, RecordError> {
-    let draft = doc.to_draft(actor)?;
+    let draft = doc.to_draft(actor, attach)?;
     Ok(match store.append(draft)? {
         core::AppendOutcome::Appended { seq, .. } => RecordOutcome::Appended { seq: seq.get() },
         core::AppendOutcome::Duplicate { seq, .. } => RecordOutcome::Duplicate { seq: seq.get() },

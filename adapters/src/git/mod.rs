@@ -56,7 +56,7 @@ pub use classifier::{
     DEFAULT_CACHE_CAPACITY, MAX_CACHE_CAPACITY, MAX_IN_FLIGHT,
 };
 pub use document::{
-    record, ContextError, DocumentContext, DraftError, GitWorkspaceState, PathEvidenceDoc,
+    record, Attach, ContextError, DocumentContext, DraftError, GitWorkspaceState, PathEvidenceDoc,
     RecordError, RecordOutcome, DOCUMENT_TYPE, GIT_STATE_ACTOR, ID_PREFIX, SPEC_VERSION,
 };
 pub use evidence::{

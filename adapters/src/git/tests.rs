@@ -146,7 +146,7 @@ fn document(c: &Classification, lab: &Lab) -> Value {
     assert!(!text.contains(lab._dir.path().to_str().unwrap()));
     assert_ne!(v["pathEvidence"]["redaction"], "none");
     assert_eq!(v["pathEvidence"]["rawPathStored"], false);
-    doc.to_draft(GIT_STATE_ACTOR).unwrap();
+    doc.to_draft(GIT_STATE_ACTOR, Attach::Session).unwrap();
     v
 }
 
@@ -733,12 +733,12 @@ fn documents_record_and_project_latest_state_per_path() {
         .to_document(&ctx)
         .unwrap();
     assert!(matches!(
-        record(&store, &first, GIT_STATE_ACTOR).unwrap(),
+        record(&store, &first, GIT_STATE_ACTOR, Attach::Session).unwrap(),
         RecordOutcome::Appended { seq: 1 }
     ));
     // The same document again is a duplicate (its id is the key).
     assert!(matches!(
-        record(&store, &first, GIT_STATE_ACTOR).unwrap(),
+        record(&store, &first, GIT_STATE_ACTOR, Attach::Session).unwrap(),
         RecordOutcome::Duplicate { seq: 1 }
     ));
     git(&repo, &["checkout", "-q", "--detach"]);
@@ -746,13 +746,13 @@ fn documents_record_and_project_latest_state_per_path() {
         .to_document(&ctx)
         .unwrap();
     assert!(matches!(
-        record(&store, &second, GIT_STATE_ACTOR).unwrap(),
+        record(&store, &second, GIT_STATE_ACTOR, Attach::Session).unwrap(),
         RecordOutcome::Appended { seq: 2 }
     ));
     let other = classify(&c, &lab.path("rec/src"), Operation::PassiveDiscovery)
         .to_document(&ctx)
         .unwrap();
-    record(&store, &other, GIT_STATE_ACTOR).unwrap();
+    record(&store, &other, GIT_STATE_ACTOR, Attach::Session).unwrap();
     let states = sourceos_syncd::git_states(&store).unwrap();
     assert_eq!(states.len(), 2);
     let latest = sourceos_syncd::git_state(&store, &path_digest(&repo))
@@ -796,5 +796,5 @@ fn the_schema_check_is_real_and_the_published_example_round_trips() {
     assert!(!v.is_valid(&bad), "formats are checked");
     let doc: GitWorkspaceState = serde_json::from_value(example.clone()).unwrap();
     assert_eq!(serde_json::to_value(&doc).unwrap(), example);
-    doc.to_draft(GIT_STATE_ACTOR).unwrap();
+    doc.to_draft(GIT_STATE_ACTOR, Attach::Session).unwrap();
 }
