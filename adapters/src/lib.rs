@@ -7,11 +7,14 @@
 //! `tests/architecture.rs`).
 //!
 //! - [`workspace`]: `syncd track DIR`, workspace files as file objects.
+//! - [`replication`]: `syncd sync`, replication between the devices of a
+//!   profile over NATS JetStream.
 //! - [`git`]: `syncd git-state PATH`, the Git workspace classifier: what a
 //!   path is to Git before any Git command runs there, as a
 //!   GitWorkspaceState document with redacted path evidence.
 
 pub mod git;
+pub mod replication;
 pub mod workspace;
 
 pub use git::{Classification, Classifier, GitState, GitWorkspaceState, Operation};

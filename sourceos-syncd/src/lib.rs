@@ -19,6 +19,7 @@ mod kinds;
 mod model;
 mod policy;
 mod projection;
+mod replication;
 mod session;
 mod session_dag;
 mod status;
@@ -69,6 +70,7 @@ pub use projection::sessions::{
 };
 pub use projection::summary::SummaryView;
 pub use projection::{Checkpoint, ProjectionError, ProjectionHealth, ProjectionStatus};
+pub use replication::{Release, ReleaseCache, ReleaseError, Withheld, MAX_CACHED_OBJECTS};
 pub use session::{
     transition as turn_transition, CorrelationKeys, InvalidTransition as InvalidTurnTransition,
     QuarantinePayload, TurnEvent, TurnState, MAX_CANDIDATES, ORPHAN_SWEEPER_ACTOR,

@@ -101,6 +101,29 @@ pub enum Command {
     /// discarded_duplicate); `orphans sweep` quarantines the queued ones
     /// whose TTL has passed.
     Orphans(OrphansArgs),
+    /// One replication pass over NATS JetStream: publish this device's
+    /// log after what the stream holds (objects that must stay on this
+    /// device are sent as chain positions only), then append what the
+    /// other devices of the profile published, verifying every link.
+    /// Servers come from [replication] in HOME/config.toml, or --nats.
+    /// Exit 69 when no server is reachable (local work is unaffected), 65
+    /// when a received message was refused or a gap could not be refilled.
+    Sync(SyncArgs),
+}
+
+/// `syncd sync`.
+#[derive(Debug, Args)]
+pub struct SyncArgs {
+    /// Servers for this run (nats://host:port, comma-separated for a
+    /// cluster); turns replication on for this run.
+    #[arg(long, value_name = "URL[,URL...]", value_delimiter = ',')]
+    pub nats: Vec<String>,
+    /// Only publish; receive nothing.
+    #[arg(long)]
+    pub publish_only: bool,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `syncd session`.

@@ -64,6 +64,7 @@ pub fn run(cli: &Cli, home: &Path) -> Result<u8, Failure> {
         Command::Sessions(a) => crate::cmd_session::sessions(cli, home, a),
         Command::Session(a) => crate::cmd_session::session(cli, home, a),
         Command::Orphans(a) => crate::cmd_session::orphans(cli, home, a),
+        Command::Sync(a) => crate::cmd_sync::sync(cli, home, a),
     };
     match result {
         // A closed stdout is reported as a failure with code 0 and no text.

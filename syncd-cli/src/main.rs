@@ -5,6 +5,7 @@
 mod cli;
 mod cmd_git;
 mod cmd_session;
+mod cmd_sync;
 mod cmd_track;
 mod commands;
 mod output;
@@ -29,6 +30,8 @@ pub mod exit {
     pub const STORE: u8 = 4;
     /// Ingest: lines rejected.
     pub const DATA: u8 = 65;
+    /// A service syncd needs is unreachable (the replication servers).
+    pub const UNAVAILABLE: u8 = 69;
 }
 
 /// An error that ends the command, with its exit code.

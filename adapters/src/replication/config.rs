@@ -1,0 +1,245 @@
+//! Replication settings: `[replication]` in `HOME/config.toml`.
+//!
+//! ```toml
+//! [replication]
+//! enabled = true                      # off by default
+//! servers = ["nats://10.0.0.2:4222"]  # one server or a cluster, at most 16
+//! credentials_file = "/home/me/.config/nats/syncd.creds"
+//! stream = "SYNCD"                    # JetStream stream name
+//! stream_replicas = 1                 # 1, or 3 on a cluster
+//! stale_after_seconds = 3600          # a peer not heard from for longer is stale
+//! ```
+//!
+//! Other sections of the file belong to their own owners and are ignored.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// Servers listed at most.
+pub const MAX_SERVERS: usize = 16;
+/// Longest staleness accepted, in seconds (30 days).
+pub const MAX_STALE_AFTER_SECONDS: u64 = 30 * 24 * 3600;
+/// Staleness when the file does not set one, in seconds.
+pub const DEFAULT_STALE_AFTER_SECONDS: u64 = 3600;
+/// Stream name when the file does not set one.
+pub const DEFAULT_STREAM: &str = "SYNCD";
+/// Largest configuration file read, in bytes.
+const MAX_CONFIG_BYTES: u64 = 64 * 1024;
+
+/// The replication settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplicationConfig {
+    /// Replication runs only when enabled (or servers are given for one run).
+    pub enabled: bool,
+    /// Server URLs (`nats://` or `tls://`, host and port).
+    pub servers: Vec<String>,
+    /// NATS credentials file, when the servers need one.
+    pub credentials_file: Option<PathBuf>,
+    /// The JetStream stream.
+    pub stream: String,
+    /// Replicas of the stream: 1, or 3 on a cluster.
+    pub stream_replicas: usize,
+    /// After how long without news a peer is stale.
+    pub stale_after_seconds: u64,
+}
+
+impl Default for ReplicationConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            servers: Vec::new(),
+            credentials_file: None,
+            stream: DEFAULT_STREAM.to_owned(),
+            stream_replicas: 1,
+            stale_after_seconds: DEFAULT_STALE_AFTER_SECONDS,
+        }
+    }
+}
+
+/// The configuration cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file cannot be read.
+    #[error("cannot read {path}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file or a value in it is invalid.
+    #[error("{path}: [replication] {reason}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+#[derive(Deserialize)]
+struct File {
+    #[serde(default)]
+    replication: Option<Section>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Section {
+    #[serde(default)]
+    enabled: Option<bool>,
+    #[serde(default)]
+    servers: Option<Vec<String>>,
+    #[serde(default)]
+    credentials_file: Option<PathBuf>,
+    #[serde(default)]
+    stream: Option<String>,
+    #[serde(default)]
+    stream_replicas: Option<usize>,
+    #[serde(default)]
+    stale_after_seconds: Option<u64>,
+}
+
+/// Checks one server URL: `nats://` or `tls://`, then a host and a port.
+pub fn check_server(url: &str) -> Result<(), String> {
+    let rest = url
+        .strip_prefix("nats://")
+        .or_else(|| url.strip_prefix("tls://"))
+        .ok_or_else(|| format!("server {url:?} must start with nats:// or tls://"))?;
+    let hostport = rest.rsplit('@').next().unwrap_or(rest);
+    let (host, port) = hostport
+        .rsplit_once(':')
+        .ok_or_else(|| format!("server {url:?} must name a port (host:port)"))?;
+    if host.is_empty() || host.chars().any(|c| c.is_whitespace() || c == '/') {
+        return Err(format!("server {url:?} has no usable host"));
+    }
+    match port.parse::<u16>() {
+        Ok(p) if p > 0 => Ok(()),
+        _ => Err(format!("server {url:?} has no usable port")),
+    }
+}
+
+/// Checks a stream name: 1 to 64 ASCII letters, digits, `-` or `_`.
+pub fn check_stream(name: &str) -> Result<(), String> {
+    if name.is_empty()
+        || name.len() > 64
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
+        return Err(format!(
+            "stream {name:?} must be 1 to 64 ASCII letters, digits, - or _"
+        ));
+    }
+    Ok(())
+}
+
+impl ReplicationConfig {
+    /// Loads the `[replication]` section of `HOME/config.toml`; a missing
+    /// file or section is the default (replication off).
+    pub fn load(home: &Path) -> Result<Self, ConfigError> {
+        let path = home.join(sourceos_syncd::CONFIG_FILE);
+        let meta = match std::fs::metadata(&path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Self::default()),
+            Err(source) => return Err(ConfigError::Read { path, source }),
+            Ok(m) => m,
+        };
+        if meta.len() > MAX_CONFIG_BYTES {
+            return Err(ConfigError::Invalid {
+                path,
+                reason: format!(
+                    "the file is {} bytes; at most {MAX_CONFIG_BYTES}",
+                    meta.len()
+                ),
+            });
+        }
+        let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Read {
+            path: path.clone(),
+            source,
+        })?;
+        Self::parse(&text).map_err(|reason| ConfigError::Invalid { path, reason })
+    }
+
+    /// Parses configuration text.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let file: File = toml::from_str(text).map_err(|e| e.to_string())?;
+        let mut c = Self::default();
+        let Some(s) = file.replication else {
+            return Ok(c);
+        };
+        c.enabled = s.enabled.unwrap_or(false);
+        if let Some(servers) = s.servers {
+            c.set_servers(servers)?;
+        }
+        c.credentials_file = s.credentials_file;
+        if let Some(stream) = s.stream {
+            check_stream(&stream)?;
+            c.stream = stream;
+        }
+        if let Some(r) = s.stream_replicas {
+            if r != 1 && r != 3 {
+                return Err(format!("stream_replicas is {r}; it must be 1 or 3"));
+            }
+            c.stream_replicas = r;
+        }
+        if let Some(t) = s.stale_after_seconds {
+            if t == 0 || t > MAX_STALE_AFTER_SECONDS {
+                return Err(format!(
+                    "stale_after_seconds is {t}; it must be 1 to {MAX_STALE_AFTER_SECONDS}"
+                ));
+            }
+            c.stale_after_seconds = t;
+        }
+        if c.enabled && c.servers.is_empty() {
+            return Err("enabled = true needs at least one entry in servers".into());
+        }
+        Ok(c)
+    }
+
+    /// Replaces the servers (checked), e.g. from `--nats URL[,URL...]`.
+    pub fn set_servers(&mut self, servers: Vec<String>) -> Result<(), String> {
+        if servers.is_empty() || servers.len() > MAX_SERVERS {
+            return Err(format!("servers must list 1 to {MAX_SERVERS} URLs"));
+        }
+        for s in &servers {
+            check_server(s)?;
+        }
+        self.servers = servers;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_bounds_and_errors() {
+        let c = ReplicationConfig::parse("").unwrap();
+        assert!(!c.enabled);
+        assert_eq!(c.stream, "SYNCD");
+        assert_eq!(c.stream_replicas, 1);
+        let c = ReplicationConfig::parse(
+            "[orphans]\nttl_seconds = 5\n[replication]\nenabled = true\nservers = [\"nats://127.0.0.1:4222\", \"tls://n2:4223\"]\nstream_replicas = 3\n",
+        )
+        .unwrap();
+        assert!(c.enabled);
+        assert_eq!(c.servers.len(), 2);
+        assert_eq!(c.stream_replicas, 3);
+        for bad in [
+            "[replication]\nenabled = true\n",
+            "[replication]\nservers = [\"http://x:1\"]\n",
+            "[replication]\nservers = [\"nats://x\"]\n",
+            "[replication]\nservers = [\"nats://x:0\"]\n",
+            "[replication]\nservers = []\n",
+            "[replication]\nstream_replicas = 2\n",
+            "[replication]\nstream = \"a.b\"\n",
+            "[replication]\nstale_after_seconds = 0\n",
+            "[replication]\nserver = [\"nats://x:1\"]\n",
+        ] {
+            assert!(ReplicationConfig::parse(bad).is_err(), "{bad}");
+        }
+    }
+}

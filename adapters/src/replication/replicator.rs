@@ -1,0 +1,658 @@
+//! The replicator: publishes this device's log to JetStream and appends
+//! what the other devices of the profile published, verifying every link.
+//!
+//! Publishing resumes after the last position of this device confirmed
+//! present in the stream (read back from the stream, and checked against
+//! the local log, so a server that lost its unsynced tail gets it again).
+//! Receiving uses one durable pull consumer per peer; a message is
+//! acknowledged only after what it carries is durable in the local log, in
+//! delivery order (acknowledging one acknowledges those before it), so after a restart of either side the consumer's ack
+//! floor is the last applied position and its message is the anchor the
+//! next one must link to. A position that arrives before the one it
+//! follows is refilled from the stream (bounded look-ahead); one that does
+//! not link, or whose bytes do not verify, is refused and reported, and
+//! never becomes an anchor.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer, stream};
+use futures_util::StreamExt;
+use serde::Serialize;
+use sourceos_syncd::{self as core, AppendOutcome, Digest, Release, ReleaseCache, Seq, Store};
+
+use super::config::ReplicationConfig;
+use super::wire::{self, FrameError, Position};
+
+/// Events read from the local log per step of publishing.
+pub const PUBLISH_CHUNK_EVENTS: usize = 256;
+/// Publications awaiting their acknowledgement at most.
+pub const MAX_IN_FLIGHT: usize = 256;
+/// Messages fetched from a consumer per request.
+pub const FETCH_BATCH: usize = 256;
+/// Positions one call to [`Replicator::receive`] applies per peer at most.
+pub const MAX_RECEIVE_PER_PEER: usize = 100_000;
+/// Stream messages examined when refilling a gap.
+pub const MAX_REFILL_LOOKUPS: usize = 4_096;
+/// Peers followed at most.
+pub const MAX_PEERS: usize = 256;
+/// How long a fetch waits for messages.
+const FETCH_WAIT_MS: u64 = 300;
+/// Connection timeout.
+const CONNECT_TIMEOUT_MS: u64 = 2_000;
+/// JetStream request timeout.
+const REQUEST_TIMEOUT_MS: u64 = 5_000;
+/// Redelivery delay of an unacknowledged message.
+const ACK_WAIT_MS: u64 = 10_000;
+/// JetStream duplicate window.
+const DUPLICATE_WINDOW_MS: u64 = 120_000;
+
+/// Replication failed as a whole (outcomes per message are in the reports).
+#[derive(Debug, thiserror::Error)]
+pub enum ReplicationError {
+    /// No server could be reached: local work is unaffected.
+    #[error("no replication server reachable ({servers}): {reason}")]
+    Unreachable {
+        /// The servers tried.
+        servers: String,
+        /// The last error.
+        reason: String,
+    },
+    /// The credentials file cannot be used.
+    #[error("cannot use the credentials file {path}")]
+    Credentials {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A JetStream request failed.
+    #[error("JetStream {what}: {reason}")]
+    JetStream {
+        /// What was asked.
+        what: &'static str,
+        /// The error.
+        reason: String,
+    },
+    /// The stream holds a different history for this device than its log.
+    #[error("the stream's copy of this device's log differs at event {seq}: the stream has {stream}, the log {local}; refusing to publish over it")]
+    Diverged {
+        /// The position.
+        seq: u64,
+        /// The stream's hash.
+        stream: String,
+        /// The local hash.
+        local: String,
+    },
+    /// The local store failed.
+    #[error("local store: {0}")]
+    Store(String),
+}
+
+fn js<E: std::fmt::Display>(what: &'static str) -> impl Fn(E) -> ReplicationError {
+    move |e| ReplicationError::JetStream {
+        what,
+        reason: e.to_string(),
+    }
+}
+
+fn store_err<E: std::error::Error>(e: E) -> ReplicationError {
+    let mut text = e.to_string();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        cur = s.source();
+    }
+    ReplicationError::Store(text)
+}
+
+/// What one publishing pass did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct PublishReport {
+    /// First position published in this pass (0 when nothing was).
+    pub from_seq: u64,
+    /// Last position confirmed in the stream after the pass.
+    pub confirmed_seq: u64,
+    /// Events sent whole.
+    pub events: u64,
+    /// Positions sent as stubs, by reason.
+    pub withheld: BTreeMap<String, u64>,
+    /// Publications the stream already held (its duplicate window).
+    pub already_in_stream: u64,
+}
+
+/// A refused message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Refusal {
+    /// The stream sequence of the message.
+    pub stream_seq: u64,
+    /// The position it claimed, when readable.
+    pub seq: Option<u64>,
+    /// Why it was refused.
+    pub reason: String,
+}
+
+/// What receiving from one peer did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct PeerReport {
+    /// The peer device.
+    pub device: String,
+    /// Positions of the peer's log now applied here (its chain is
+    /// verified up to this one).
+    pub applied_through: u64,
+    /// The peer's last position in the stream.
+    pub stream_head: u64,
+    /// `stream_head - applied_through`.
+    pub lag: u64,
+    /// Events appended to the local log.
+    pub appended: u64,
+    /// Events already here.
+    pub duplicates: u64,
+    /// Stub positions passed over.
+    pub stubs: u64,
+    /// Positions refilled from the stream out of delivery order.
+    pub refilled: u64,
+    /// Refused messages.
+    pub refused: Vec<Refusal>,
+    /// A gap that could not be refilled: the position still missing.
+    pub missing: Option<u64>,
+}
+
+/// A connected replicator for one store.
+pub struct Replicator {
+    store: Store,
+    context: jetstream::Context,
+    stream: stream::Stream,
+    profile: String,
+    device: String,
+}
+
+/// The last applied position of a peer: what the next one must link to.
+#[derive(Debug, Clone, Copy)]
+struct Anchor {
+    seq: u64,
+    hash: Digest,
+}
+
+impl Replicator {
+    /// Connects to the configured servers and makes sure the stream exists.
+    pub async fn connect(
+        store: Store,
+        config: &ReplicationConfig,
+    ) -> Result<Self, ReplicationError> {
+        let servers = config.servers.join(",");
+        let mut options = async_nats::ConnectOptions::new()
+            .connection_timeout(Duration::from_millis(CONNECT_TIMEOUT_MS))
+            .request_timeout(Some(Duration::from_millis(REQUEST_TIMEOUT_MS)))
+            .max_reconnects(Some(3));
+        if let Some(path) = &config.credentials_file {
+            options = options.credentials_file(path).await.map_err(|source| {
+                ReplicationError::Credentials {
+                    path: path.clone(),
+                    source,
+                }
+            })?;
+        }
+        let mut addrs = Vec::with_capacity(config.servers.len());
+        for s in &config.servers {
+            addrs.push(s.parse::<async_nats::ServerAddr>().map_err(|e| {
+                ReplicationError::Unreachable {
+                    servers: servers.clone(),
+                    reason: format!("{s}: {e}"),
+                }
+            })?);
+        }
+        let client = options
+            .connect(addrs)
+            .await
+            .map_err(|e| ReplicationError::Unreachable {
+                servers: servers.clone(),
+                reason: e.to_string(),
+            })?;
+        let context = jetstream::new(client);
+        let stream = context
+            .get_or_create_stream(stream::Config {
+                name: config.stream.clone(),
+                subjects: vec![format!("{}.>", wire::SUBJECT_PREFIX)],
+                storage: stream::StorageType::File,
+                num_replicas: config.stream_replicas,
+                duplicate_window: Duration::from_millis(DUPLICATE_WINDOW_MS),
+                max_message_size: i32::try_from(core::MAX_ENVELOPE_BYTES + 1024)
+                    .unwrap_or(i32::MAX),
+                ..Default::default()
+            })
+            .await
+            .map_err(js("stream"))?;
+        let meta = store.meta();
+        let profile = meta.profile.to_string();
+        let device = meta.device.to_string();
+        Ok(Self {
+            store,
+            context,
+            stream,
+            profile,
+            device,
+        })
+    }
+
+    /// The last position of `device` present in the stream.
+    async fn stream_head(&self, device: &str) -> Result<Option<Position>, ReplicationError> {
+        let subject = wire::subject(&self.profile, device);
+        match self.stream.get_last_raw_message_by_subject(&subject).await {
+            Ok(m) => Ok(Some(position_of(&m.headers).map_err(js("stream head"))?)),
+            Err(e) if e.kind() == stream::LastRawMessageErrorKind::NoMessageFound => Ok(None),
+            Err(e) => Err(js("stream head")(e)),
+        }
+    }
+
+    /// Publishes this device's log after the last position the stream
+    /// holds. Each position is decided by [`Release::of`]: whole, or a stub.
+    pub async fn publish(&self) -> Result<PublishReport, ReplicationError> {
+        let mut report = PublishReport::default();
+        let resume = match self.stream_head(&self.device).await? {
+            None => 1,
+            Some(p) => {
+                let local = self
+                    .store
+                    .get(Seq::new(p.seq).map_err(store_err)?)
+                    .map_err(store_err)?;
+                match local {
+                    Some(env) if env.hash() == p.hash => p.seq + 1,
+                    other => {
+                        return Err(ReplicationError::Diverged {
+                            seq: p.seq,
+                            stream: p.hash.to_string(),
+                            local: other.map_or("nothing".into(), |e| e.hash().to_string()),
+                        })
+                    }
+                }
+            }
+        };
+        report.confirmed_seq = resume - 1;
+        let (head, _) = self.store.head().map_err(ReplicationError::Store)?;
+        if resume > head {
+            return Ok(report);
+        }
+        report.from_seq = resume;
+        let subject = wire::subject(&self.profile, &self.device);
+        let mut cache = ReleaseCache::default();
+        let mut in_flight: VecDeque<(u64, jetstream::context::PublishAckFuture)> =
+            VecDeque::with_capacity(MAX_IN_FLIGHT);
+        let mut next = resume;
+        while next <= head {
+            let chunk = self
+                .store
+                .range(Seq::new(next).map_err(store_err)?, PUBLISH_CHUNK_EVENTS)
+                .map_err(store_err)?;
+            if chunk.is_empty() {
+                break;
+            }
+            for env in chunk {
+                let release = Release::of(&self.store, &env, &mut cache).map_err(store_err)?;
+                let withheld = match release {
+                    Release::Send => None,
+                    Release::Withhold(w) => Some(w),
+                };
+                let position = Position {
+                    seq: env.seq().get(),
+                    hash: env.hash(),
+                    prev: env.prev_hash(),
+                    withheld,
+                };
+                let body = match withheld {
+                    None => {
+                        report.events += 1;
+                        env.stored_bytes().map_err(store_err)?
+                    }
+                    Some(w) => {
+                        *report.withheld.entry(w.as_str().to_owned()).or_default() += 1;
+                        Vec::new()
+                    }
+                };
+                let mut headers = async_nats::HeaderMap::new();
+                for (name, value) in wire::headers(&position) {
+                    headers.insert(name, value.as_str());
+                }
+                if in_flight.len() >= MAX_IN_FLIGHT {
+                    if let Some((seq, ack)) = in_flight.pop_front() {
+                        Self::confirm(seq, ack, &mut report).await?;
+                    }
+                }
+                let ack = self
+                    .context
+                    .publish_with_headers(subject.clone(), headers, body.into())
+                    .await
+                    .map_err(js("publish"))?;
+                in_flight.push_back((position.seq, ack));
+                next = position.seq + 1;
+            }
+        }
+        while let Some((seq, ack)) = in_flight.pop_front() {
+            Self::confirm(seq, ack, &mut report).await?;
+        }
+        Ok(report)
+    }
+
+    async fn confirm(
+        seq: u64,
+        ack: jetstream::context::PublishAckFuture,
+        report: &mut PublishReport,
+    ) -> Result<(), ReplicationError> {
+        let a = ack.await.map_err(js("publish acknowledgement"))?;
+        if a.duplicate {
+            report.already_in_stream += 1;
+        }
+        report.confirmed_seq = seq;
+        Ok(())
+    }
+
+    /// The other devices of this profile that have published.
+    pub async fn peers(&self) -> Result<Vec<String>, ReplicationError> {
+        let mut subjects = self
+            .stream
+            .info_with_subjects(wire::profile_filter(&self.profile))
+            .await
+            .map_err(js("stream subjects"))?;
+        let mut out = Vec::new();
+        while let Some(item) = subjects.next().await {
+            let (subject, _) = item.map_err(js("stream subjects"))?;
+            if let Some(d) = wire::device_of(&self.profile, &subject) {
+                if d != self.device && !out.contains(&d) {
+                    out.push(d);
+                }
+            }
+            if out.len() >= MAX_PEERS {
+                break;
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    /// Receives from every peer of the profile.
+    pub async fn receive(&self) -> Result<Vec<PeerReport>, ReplicationError> {
+        let mut out = Vec::new();
+        for peer in self.peers().await? {
+            out.push(self.receive_from(&peer).await?);
+        }
+        Ok(out)
+    }
+
+    fn consumer_name(&self, peer: &str) -> String {
+        let mut h = blake3::Hasher::new();
+        for part in ["syncd-replication/v1", &self.profile, &self.device, peer] {
+            h.update(&(part.len() as u64).to_be_bytes());
+            h.update(part.as_bytes());
+        }
+        let hex = h.finalize().to_hex();
+        format!("syncd-{}", hex.get(..32).unwrap_or_default())
+    }
+
+    /// Receives what `peer` published since this device's consumer last
+    /// acknowledged, verifying every link.
+    pub async fn receive_from(&self, peer: &str) -> Result<PeerReport, ReplicationError> {
+        let subject = wire::subject(&self.profile, peer);
+        let name = self.consumer_name(peer);
+        let mut consumer: consumer::Consumer<consumer::pull::Config> = self
+            .stream
+            .get_or_create_consumer(
+                &name,
+                consumer::pull::Config {
+                    durable_name: Some(name.clone()),
+                    filter_subject: subject.clone(),
+                    ack_policy: consumer::AckPolicy::All,
+                    ack_wait: Duration::from_millis(ACK_WAIT_MS),
+                    max_ack_pending: i64::try_from(FETCH_BATCH * 4).unwrap_or(1024),
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(js("consumer"))?;
+        let floor = consumer
+            .info()
+            .await
+            .map_err(js("consumer info"))?
+            .ack_floor
+            .stream_sequence;
+        let mut anchor = if floor == 0 {
+            Anchor {
+                seq: 0,
+                hash: core::genesis(),
+            }
+        } else {
+            let m = self
+                .stream
+                .get_raw_message(floor)
+                .await
+                .map_err(js("anchor message"))?;
+            let p = position_of(&m.headers).map_err(js("anchor message"))?;
+            Anchor {
+                seq: p.seq,
+                hash: p.hash,
+            }
+        };
+        let mut report = PeerReport {
+            device: peer.to_owned(),
+            ..PeerReport::default()
+        };
+        let mut applied = 0usize;
+        'fetch: while applied < MAX_RECEIVE_PER_PEER {
+            let mut batch = consumer
+                .fetch()
+                .max_messages(FETCH_BATCH)
+                .expires(Duration::from_millis(FETCH_WAIT_MS))
+                .messages()
+                .await
+                .map_err(js("fetch"))?;
+            let mut got = 0usize;
+            // With `AckPolicy::All`, acknowledging a message acknowledges
+            // every one delivered before it. Only a message whose position
+            // was just applied is acknowledged (once per batch, awaiting the
+            // server's confirmation), so the consumer's ack floor is always
+            // an applied position: the anchor after a restart. Refused
+            // messages and copies are acknowledged with the next applied
+            // one; until then they are delivered, and reported, again.
+            let mut handled: Option<jetstream::Message> = None;
+            while let Some(msg) = batch.next().await {
+                let msg = msg.map_err(js("fetch"))?;
+                got += 1;
+                let stream_seq = msg.info().map(|i| i.stream_sequence).unwrap_or_default();
+                let position = match msg
+                    .message
+                    .headers
+                    .as_ref()
+                    .ok_or(FrameError::Header {
+                        name: wire::SEQ,
+                        reason: "no headers".into(),
+                    })
+                    .and_then(position_of)
+                {
+                    Ok(p) => p,
+                    Err(e) => {
+                        Self::refuse(stream_seq, None, e.to_string(), &mut report);
+                        continue;
+                    }
+                };
+                if position.seq == anchor.seq && position.hash != anchor.hash {
+                    let reason = format!(
+                        "position {} arrives with hash {} but {} was applied there: forked history",
+                        position.seq, position.hash, anchor.hash
+                    );
+                    Self::refuse(stream_seq, Some(position.seq), reason, &mut report);
+                    continue;
+                }
+                if position.seq <= anchor.seq {
+                    // Already applied (a redelivery, or a copy refilled
+                    // earlier): acknowledged with the next applied one.
+                    continue;
+                }
+                if position.seq > anchor.seq + 1 {
+                    match self
+                        .refill(
+                            &subject,
+                            peer,
+                            stream_seq,
+                            anchor,
+                            position.seq,
+                            &mut report,
+                        )
+                        .await?
+                    {
+                        Some(a) => anchor = a,
+                        None => {
+                            report.missing = Some(anchor.seq + 1);
+                            confirm(handled.take()).await?;
+                            break 'fetch;
+                        }
+                    }
+                }
+                match self
+                    .apply(peer, &position, &msg.message.payload, anchor, &mut report)
+                    .await?
+                {
+                    Ok(a) => {
+                        anchor = a;
+                        applied += 1;
+                        handled = Some(msg);
+                    }
+                    Err(reason) => {
+                        Self::refuse(stream_seq, Some(position.seq), reason, &mut report);
+                    }
+                }
+            }
+            confirm(handled.take()).await?;
+            if got == 0 {
+                break;
+            }
+        }
+        report.applied_through = anchor.seq;
+        report.stream_head = self.stream_head(peer).await?.map_or(0, |p| p.seq);
+        report.lag = report.stream_head.saturating_sub(report.applied_through);
+        Ok(report)
+    }
+
+    fn refuse(stream_seq: u64, seq: Option<u64>, reason: String, report: &mut PeerReport) {
+        tracing::warn!(peer = %report.device, stream_seq, ?seq, %reason, "replicated message refused");
+        report.refused.push(Refusal {
+            stream_seq,
+            seq,
+            reason,
+        });
+    }
+
+    /// Verifies one position against the anchor and makes it durable here.
+    /// `Err` is a refusal (nothing was appended).
+    async fn apply(
+        &self,
+        peer: &str,
+        p: &Position,
+        payload: &[u8],
+        anchor: Anchor,
+        report: &mut PeerReport,
+    ) -> Result<Result<Anchor, String>, ReplicationError> {
+        if p.seq != anchor.seq + 1 || p.prev != anchor.hash {
+            return Ok(Err(format!(
+                "position {} claims to follow {} but the chain is at {} ({}): broken or forged chain",
+                p.seq, p.prev, anchor.seq, anchor.hash
+            )));
+        }
+        let env = match wire::verify_event(p, peer, payload) {
+            Ok(e) => e,
+            Err(e) => return Ok(Err(e.to_string())),
+        };
+        let Some(env) = env else {
+            report.stubs += 1;
+            return Ok(Ok(Anchor {
+                seq: p.seq,
+                hash: p.hash,
+            }));
+        };
+        let outcome = self
+            .store
+            .append_replicated(vec![env])
+            .map_err(store_err)?
+            .into_iter()
+            .next();
+        match outcome {
+            Some(AppendOutcome::Appended { .. }) => report.appended += 1,
+            Some(AppendOutcome::Duplicate { .. }) => report.duplicates += 1,
+            Some(AppendOutcome::Rejected { reason })
+            | Some(AppendOutcome::PolicyBlocked { reason, .. }) => return Ok(Err(reason)),
+            None => return Err(ReplicationError::Store("no outcome for an append".into())),
+        }
+        Ok(Ok(Anchor {
+            seq: p.seq,
+            hash: p.hash,
+        }))
+    }
+
+    /// Looks ahead in the stream, after `from_stream_seq`, for the
+    /// positions between the anchor and `until` (exclusive), applying each
+    /// in order. Returns the new anchor, or `None` when one is missing.
+    async fn refill(
+        &self,
+        subject: &str,
+        peer: &str,
+        from_stream_seq: u64,
+        mut anchor: Anchor,
+        until: u64,
+        report: &mut PeerReport,
+    ) -> Result<Option<Anchor>, ReplicationError> {
+        let mut found: BTreeMap<u64, (Position, Vec<u8>)> = BTreeMap::new();
+        let mut cursor = from_stream_seq + 1;
+        for _ in 0..MAX_REFILL_LOOKUPS {
+            let m = match self
+                .stream
+                .get_first_raw_message_by_subject(subject, cursor)
+                .await
+            {
+                Ok(m) => m,
+                Err(_) => break,
+            };
+            cursor = m.sequence + 1;
+            if let Ok(p) = position_of(&m.headers) {
+                if p.seq > anchor.seq && p.seq < until {
+                    found.entry(p.seq).or_insert((p, m.payload.to_vec()));
+                }
+            }
+            if (anchor.seq + 1..until).all(|s| found.contains_key(&s)) {
+                break;
+            }
+        }
+        for s in anchor.seq + 1..until {
+            let Some((p, bytes)) = found.remove(&s) else {
+                return Ok(None);
+            };
+            match self.apply(peer, &p, &bytes, anchor, report).await? {
+                Ok(a) => {
+                    anchor = a;
+                    report.refilled += 1;
+                }
+                Err(reason) => {
+                    report.refused.push(Refusal {
+                        stream_seq: 0,
+                        seq: Some(s),
+                        reason,
+                    });
+                    return Ok(None);
+                }
+            }
+        }
+        Ok(Some(anchor))
+    }
+}
+
+/// Acknowledges (with everything before it) the last message handled, and
+/// waits for the server to confirm it, so that a restart resumes after it.
+async fn confirm(msg: Option<jetstream::Message>) -> Result<(), ReplicationError> {
+    if let Some(m) = msg {
+        m.double_ack().await.map_err(js("ack"))?;
+    }
+    Ok(())
+}
+
+fn position_of(h: &async_nats::HeaderMap) -> Result<Position, FrameError> {
+    wire::read_position(|name| h.get(name).map(|v| v.as_str()))
+}

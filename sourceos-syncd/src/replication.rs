@@ -1,0 +1,206 @@
+//! What the core decides for replication, whatever carries the events: which
+//! of this device's events may leave it (and the recorded decision when a
+//! policy rule withholds one), and the entry point through which events
+//! received from peers join the log with their origin kept.
+//!
+//! The transport (NATS JetStream, in the adapters crate) never inspects
+//! payloads or calls the policy hook itself: it asks [`Release::of`] per
+//! event and hands what it receives to [`Store::append_replicated`].
+
+use std::collections::HashMap;
+
+use crate::event::{Envelope, EventDraft};
+use crate::explain::explain;
+use crate::ids::{IdempotencyKey, InvalidValue};
+use crate::model::Effect;
+use crate::policy::{Action, PolicyRequest};
+use crate::projection::ProjectionError;
+use crate::store::{AppendError, AppendOutcome, Store};
+
+/// Objects whose release verdict one [`ReleaseCache`] remembers; the cache
+/// is emptied when full (a publisher run sees few distinct objects).
+pub const MAX_CACHED_OBJECTS: usize = 4_096;
+
+/// Sync visibilities that keep an object on this device.
+const DEVICE_ONLY: [&str; 3] = ["local_only", "local", "device"];
+
+/// Why one of this device's events does not leave it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Withheld {
+    /// It was received from another device: its origin publishes it.
+    Imported,
+    /// It concerns an object whose sync visibility keeps it on this device
+    /// (`local_only`, `local` or `device`).
+    LocalOnly,
+    /// A policy decision denies the object's sync.
+    PolicyDenied,
+    /// A policy decision requires review before the object may sync.
+    PolicyReviewRequired,
+}
+
+impl Withheld {
+    /// Stable code, as carried on the wire and in reports.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Withheld::Imported => "imported",
+            Withheld::LocalOnly => "local_only",
+            Withheld::PolicyDenied => "policy_denied",
+            Withheld::PolicyReviewRequired => "policy_review_required",
+        }
+    }
+
+    /// The reason of a code.
+    pub fn parse(code: &str) -> Option<Self> {
+        [
+            Withheld::Imported,
+            Withheld::LocalOnly,
+            Withheld::PolicyDenied,
+            Withheld::PolicyReviewRequired,
+        ]
+        .into_iter()
+        .find(|w| w.as_str() == code)
+    }
+}
+
+/// Whether one of this device's events may be sent to peers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Release {
+    /// Send it whole.
+    Send,
+    /// Send only its position in the chain (sequence and hashes), so that
+    /// peers can still verify the links around it.
+    Withhold(Withheld),
+}
+
+/// Release verdicts per object, for one publisher run.
+#[derive(Debug, Default)]
+pub struct ReleaseCache {
+    objects: HashMap<String, Option<Withheld>>,
+}
+
+/// Deciding a release failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ReleaseError {
+    /// The registry could not be read.
+    #[error("cannot read the object registry")]
+    Registry(#[source] ProjectionError),
+    /// Recording a policy decision failed.
+    #[error("cannot record the sync decision")]
+    Record(#[source] AppendError),
+    /// A decision could not be built.
+    #[error("cannot build the sync decision: {0}")]
+    Draft(#[source] InvalidValue),
+}
+
+/// The object an event concerns, for the kinds that name one.
+fn object_of(env: &Envelope) -> Option<String> {
+    let kind = env.kind().as_str();
+    let map = env.payload().as_map()?;
+    if kind.starts_with("object.") || kind == "policy.decided" || kind == "conflict.resolved" {
+        return map
+            .get("object_id")
+            .and_then(serde_json::Value::as_str)
+            .map(str::to_owned);
+    }
+    None
+}
+
+impl Release {
+    /// Decides for an event of this store's log. Events received from
+    /// other devices are withheld (their origin publishes them). For an
+    /// event about an object: withheld when the object's visibility keeps
+    /// it here, when a recorded decision denies or holds its sync, or when
+    /// the policy hook does so now; a rule's verdict is recorded as a
+    /// `policy.decided` event (once per event: its idempotency key is
+    /// `sync-release:<event id>`).
+    pub fn of(
+        store: &Store,
+        env: &Envelope,
+        cache: &mut ReleaseCache,
+    ) -> Result<Release, ReleaseError> {
+        if env.origin() != &store.meta().device {
+            return Ok(Release::Withhold(Withheld::Imported));
+        }
+        let Some(object) = object_of(env) else {
+            return Ok(Release::Send);
+        };
+        if let Some(known) = cache.objects.get(&object) {
+            return Ok(known.map_or(Release::Send, Release::Withhold));
+        }
+        let verdict = Self::decide_object(store, env, &object)?;
+        if cache.objects.len() >= MAX_CACHED_OBJECTS {
+            cache.objects.clear();
+        }
+        cache.objects.insert(object, verdict);
+        Ok(verdict.map_or(Release::Send, Release::Withhold))
+    }
+
+    fn decide_object(
+        store: &Store,
+        env: &Envelope,
+        object: &str,
+    ) -> Result<Option<Withheld>, ReleaseError> {
+        let Some(x) = explain(store, object).map_err(ReleaseError::Registry)? else {
+            // Not in the registry (a decision about an object never
+            // created here): nothing keeps it on this device.
+            return Ok(None);
+        };
+        if x.sync_visibility
+            .as_deref()
+            .is_some_and(|v| DEVICE_ONLY.contains(&v))
+        {
+            return Ok(Some(Withheld::LocalOnly));
+        }
+        for b in &x.sync_plan.blocked_by {
+            match b.code {
+                "policy_denied" => return Ok(Some(Withheld::PolicyDenied)),
+                "policy_review_required" => return Ok(Some(Withheld::PolicyReviewRequired)),
+                _ => {}
+            }
+        }
+        let request = PolicyRequest {
+            action: Action::Sync,
+            actor: env.actor().to_string(),
+            actor_trust_level: None,
+            object_id: Some(object.to_owned()),
+            profile: x
+                .owner_profile
+                .clone()
+                .unwrap_or_else(|| store.meta().profile.to_string()),
+            privacy_class: x.privacy_class.clone(),
+            sync_visibility: x.sync_visibility.clone(),
+        };
+        let verdict = store.policy().decide(&request);
+        let withheld = match verdict.effect {
+            Effect::Allow => None,
+            Effect::Deny => Some(Withheld::PolicyDenied),
+            Effect::ReviewRequired => Some(Withheld::PolicyReviewRequired),
+        };
+        if withheld.is_some() && verdict.rule.is_some() {
+            let mut draft: EventDraft = store
+                .decision_draft(&request, &verdict)
+                .map_err(ReleaseError::Record)?;
+            draft.idempotency_key = Some(
+                IdempotencyKey::new(format!("sync-release:{}", env.id()))
+                    .map_err(ReleaseError::Draft)?,
+            );
+            store.append_system(draft).map_err(ReleaseError::Record)?;
+        }
+        Ok(withheld)
+    }
+}
+
+impl Store {
+    /// Appends events received from peers, each keeping its origin device,
+    /// sequence and hash. An event already here (same origin slot, same
+    /// hash) is a `Duplicate`; one whose origin slot holds a different
+    /// hash is `Rejected` as forked or forged history. The caller verifies
+    /// each event's own hash and its chain before handing it over.
+    pub fn append_replicated(
+        &self,
+        events: Vec<Envelope>,
+    ) -> Result<Vec<AppendOutcome>, AppendError> {
+        self.append_foreign(events)
+    }
+}

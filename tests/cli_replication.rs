@@ -1,0 +1,511 @@
+//! End-to-end tests of replication over NATS JetStream through the real
+//! binary (`syncd sync`), against real `nats-server` processes started here
+//! with JetStream on, on loopback ports, with temporary store directories.
+//! `scripts/test` installs the `nats-server` package when it is missing.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+mod support;
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use support::{stderr, stdout, Home};
+
+const PROFILE: &str = "profile:family";
+
+/// A `nats-server` with JetStream, killed when dropped.
+struct Nats {
+    child: Option<Child>,
+    port: u16,
+    dir: PathBuf,
+    _tmp: tempfile::TempDir,
+}
+
+/// The nats-server binary: `$NATS_SERVER`, else on `PATH`, else where the
+/// Debian package puts it.
+fn nats_server() -> PathBuf {
+    if let Some(p) = std::env::var_os("NATS_SERVER") {
+        return PathBuf::from(p);
+    }
+    let on_path = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).any(|d| d.join("nats-server").is_file()))
+        .unwrap_or(false);
+    if on_path {
+        PathBuf::from("nats-server")
+    } else {
+        PathBuf::from("/usr/sbin/nats-server")
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Nats {
+    fn start() -> Self {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().to_path_buf();
+        let mut n = Self {
+            child: None,
+            port: free_port(),
+            dir,
+            _tmp: tmp,
+        };
+        n.spawn();
+        n
+    }
+
+    fn spawn(&mut self) {
+        let log = self.dir.join("server.log");
+        let _ = std::fs::remove_file(&log);
+        let child = Command::new(nats_server())
+            .args([
+                "-js",
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-sd",
+            ])
+            .arg(self.dir.join("store"))
+            .arg("-l")
+            .arg(&log)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("nats-server must be installed (scripts/test installs it): {e}")
+            });
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            if text.contains("Server is ready") {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "nats-server did not start: {text}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Kills the server abruptly (no flush).
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Nats {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn device(name: &str) -> Home {
+    Home::device(&format!("device:{name}"), PROFILE)
+}
+
+fn sync(home: &Home, nats: &Nats) -> (Option<i32>, Value) {
+    let out = home.run(&["sync", "--nats", &nats.url(), "--json"]);
+    let report = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    (out.status.code(), report)
+}
+
+fn sync_ok(home: &Home, nats: &Nats) -> Value {
+    let (code, report) = sync(home, nats);
+    assert_eq!(code, Some(0), "{report:#}");
+    report
+}
+
+/// Syncs every home, twice round, so that everything published reaches
+/// everyone.
+fn converge(homes: &[&Home], nats: &Nats) {
+    for _ in 0..2 {
+        for h in homes {
+            sync_ok(h, nats);
+        }
+    }
+}
+
+fn ingest_ok(home: &Home, lines: &[String]) {
+    let out = home.ingest(lines);
+    assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
+}
+
+fn json_of(home: &Home, args: &[&str]) -> Value {
+    let out = home.run(args);
+    assert_eq!(out.status.code(), Some(0), "{args:?}: {}", stderr(&out));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn schema() -> String {
+    r#"{"kind":"schema.registered","actor":"actor:local-user","payload":{"schema_id":"schema:note:v1","object_type":"note","schema_version":"v1"}}"#.to_owned()
+}
+
+fn create(id: &str, visibility: &str) -> String {
+    json!({"kind": "object.created", "actor": "actor:local-user",
+        "payload": {"object_id": id, "object_type": "note", "schema_id": "schema:note:v1",
+            "sync_visibility": visibility, "title": "t"}})
+    .to_string()
+}
+
+fn notes(tag: &str, n: u64) -> Vec<String> {
+    (0..n)
+        .map(|i| {
+            json!({"kind": "note.added", "actor": format!("actor:{tag}"),
+                "idempotency_key": format!("{tag}-{i}"), "payload": {"i": i}})
+            .to_string()
+        })
+        .collect()
+}
+
+/// What must be identical on every device once replication converged.
+fn projections(home: &Home) -> Value {
+    let s = home.status_json();
+    json!({
+        "events": s["log"]["event_count"],
+        "by_kind": s["events_by_kind"],
+        "objects": json_of(home, &["objects", "--json"]),
+        "conflicts": json_of(home, &["conflicts", "--json"]),
+    })
+}
+
+#[test]
+fn three_devices_converge_to_identical_projections() {
+    let nats = Nats::start();
+    let (a, b, c) = (device("a"), device("b"), device("c"));
+    ingest_ok(&a, &[schema(), create("object:shopping", "profile")]);
+    ingest_ok(&a, &notes("a", 40));
+    ingest_ok(&b, &notes("b", 25));
+    ingest_ok(&c, &notes("c", 10));
+    // Concurrent writes between passes.
+    sync_ok(&a, &nats);
+    ingest_ok(&b, &notes("b2", 5));
+    sync_ok(&b, &nats);
+    ingest_ok(&c, &notes("c2", 5));
+    converge(&[&a, &b, &c], &nats);
+
+    let pa = projections(&a);
+    assert_eq!(pa["events"], 2 + 40 + 30 + 15, "{pa:#}");
+    assert_eq!(projections(&b), pa);
+    assert_eq!(projections(&c), pa);
+    for h in [&a, &b, &c] {
+        assert_eq!(h.run(&["doctor"]).status.code(), Some(0));
+        assert_eq!(h.status_json()["health"], "clean");
+    }
+    // Nothing new: a further pass appends nothing anywhere.
+    let heads: Vec<u64> = [&a, &b, &c].iter().map(|h| h.head()).collect();
+    let report = sync_ok(&b, &nats);
+    for p in report["peers"].as_array().unwrap() {
+        assert_eq!(p["appended"], 0, "{report:#}");
+        assert_eq!(p["lag"], 0, "{report:#}");
+    }
+    assert_eq!(
+        heads,
+        [&a, &b, &c].iter().map(|h| h.head()).collect::<Vec<_>>()
+    );
+}
+
+#[test]
+fn a_concurrent_update_is_the_same_single_conflict_everywhere() {
+    let nats = Nats::start();
+    let (a, b) = (device("a"), device("b"));
+    ingest_ok(&a, &[schema(), create("object:plan", "profile")]);
+    converge(&[&a, &b], &nats);
+    let v = json_of(&a, &["explain", "object:plan", "--json"])["version"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(
+        json_of(&b, &["explain", "object:plan", "--json"])["version"],
+        v.as_str()
+    );
+    let update = |field: &str| {
+        json!({"kind": "object.updated", "actor": "actor:local-user",
+            "payload": {"object_id": "object:plan", "base_version": v, field: "x"}})
+        .to_string()
+    };
+    ingest_ok(&a, &[update("title")]);
+    ingest_ok(&b, &[update("body")]);
+    converge(&[&a, &b], &nats);
+    let ca = json_of(&a, &["conflicts", "--json"]);
+    let cb = json_of(&b, &["conflicts", "--json"]);
+    assert_eq!(ca.as_array().unwrap().len(), 1, "{ca:#}");
+    assert_eq!(ca, cb);
+    assert_eq!(a.status_json()["conflict_count"], 1);
+    assert_eq!(b.status_json()["conflict_count"], 1);
+}
+
+#[test]
+fn a_local_only_object_never_reaches_a_peer() {
+    let nats = Nats::start();
+    let (a, b) = (device("a"), device("b"));
+    ingest_ok(
+        &a,
+        &[
+            schema(),
+            create("object:diary", "local_only"),
+            create("object:recipes", "profile"),
+        ],
+    );
+    let v = json_of(&a, &["explain", "object:diary", "--json"])["version"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    ingest_ok(
+        &a,
+        &[
+            json!({"kind": "object.updated", "actor": "actor:local-user",
+            "payload": {"object_id": "object:diary", "base_version": v, "title": "secret"}})
+            .to_string(),
+        ],
+    );
+    let report = sync_ok(&a, &nats);
+    assert_eq!(
+        report["published"]["withheld"]["local_only"], 2,
+        "{report:#}"
+    );
+    sync_ok(&b, &nats);
+    let log = stdout(&b.run(&["log", "--json"]));
+    assert!(log.contains("object:recipes"), "{log}");
+    assert!(
+        !log.contains("object:diary") && !log.contains("secret"),
+        "{log}"
+    );
+    let objects = json_of(&b, &["objects", "--json"]);
+    let ids: Vec<&str> = objects
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["object_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["object:recipes"]);
+    // B still verified A's whole chain, withheld positions included.
+    let peer = &sync_ok(&b, &nats)["peers"][0];
+    assert_eq!(peer["applied_through"], a.head());
+    assert_eq!(peer["lag"], 0);
+}
+
+#[test]
+fn offline_work_continues_and_catches_up_after_reconnecting_and_restarts() {
+    let mut nats = Nats::start();
+    let (a, b) = (device("a"), device("b"));
+    ingest_ok(&a, &notes("a", 10));
+    converge(&[&a, &b], &nats);
+
+    // The server goes away: syncing says so quickly and changes nothing;
+    // local work goes on.
+    nats.kill();
+    let head = a.head();
+    let started = Instant::now();
+    let out = a.run(&["sync", "--nats", &nats.url()]);
+    assert_eq!(out.status.code(), Some(69), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("no replication server reachable"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(started.elapsed() < Duration::from_secs(15));
+    assert_eq!(a.head(), head);
+    ingest_ok(&a, &notes("a-offline", 20));
+    assert_eq!(a.status_json()["health"], "clean");
+
+    // The server comes back (same store): A publishes what it wrote
+    // offline, B resumes from its consumer's position.
+    nats.spawn();
+    let published = sync_ok(&a, &nats);
+    assert_eq!(
+        published["published"]["from_seq"],
+        head + 1,
+        "{published:#}"
+    );
+    let report = sync_ok(&b, &nats);
+    let peer = &report["peers"][0];
+    assert_eq!(peer["appended"], 20, "{report:#}");
+    assert_eq!(peer["duplicates"], 0, "{report:#}");
+    assert_eq!(projections(&a), projections(&b));
+}
+
+/// A message's headers and body.
+type RawMessage = (Vec<(&'static str, String)>, Vec<u8>);
+
+/// Publishes raw messages into the stream, as a rogue client would.
+fn publish_raw(nats: &Nats, subject: &str, messages: Vec<RawMessage>) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let client = async_nats::connect(nats.url()).await.unwrap();
+        let js = async_nats::jetstream::new(client);
+        for (headers, body) in messages {
+            let mut h = async_nats::HeaderMap::new();
+            for (k, v) in headers {
+                h.insert(k, v.as_str());
+            }
+            js.publish_with_headers(subject.to_owned(), h, body.into())
+                .await
+                .unwrap()
+                .await
+                .unwrap();
+        }
+    });
+}
+
+/// The stored bytes and hashes of a home's events (the store is closed).
+fn stored(home: &Home) -> Vec<(Vec<u8>, String, String)> {
+    let mut out = Vec::new();
+    {
+        // The tree holds the database (and its lock) until it is dropped.
+        let db = home.raw_db();
+        let events = db.open_tree("events").unwrap();
+        for row in events.iter() {
+            let (_, v) = row.unwrap();
+            out.push(v.to_vec());
+        }
+    }
+    let log: Vec<Value> = support::json_lines(&home.run(&["log", "--json"]));
+    assert_eq!(out.len(), log.len());
+    out.into_iter()
+        .zip(log)
+        .map(|(bytes, e)| {
+            (
+                bytes,
+                e["hash"].as_str().unwrap().to_owned(),
+                e["prev_hash"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+fn position(seq: u64, hash: &str, prev: &str) -> Vec<(&'static str, String)> {
+    vec![
+        ("Nats-Msg-Id", format!("{hash}-{seq}-{}", rand_suffix())),
+        ("Syncd-Seq", seq.to_string()),
+        ("Syncd-Hash", hash.to_owned()),
+        ("Syncd-Prev", prev.to_owned()),
+    ]
+}
+
+fn rand_suffix() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos()
+}
+
+#[test]
+fn forged_and_corrupt_messages_are_refused_and_reported() {
+    let nats = Nats::start();
+    let a = device("a");
+    let mallory = device("mallory");
+    ingest_ok(&mallory, &notes("m", 4));
+    let ev = stored(&mallory);
+    assert_eq!(ev.len(), 4);
+    let subject = format!("syncd.ev.{PROFILE}.device:mallory");
+    let mut flipped = ev[1].0.clone();
+    let mid = flipped.len() / 2;
+    flipped[mid] ^= 0x40;
+    let other = format!("blake3:{}", "0".repeat(64));
+    ingest_ok(&a, &notes("a", 1));
+    let a_event = stored(&a).remove(0);
+    // The first pass creates the stream.
+    sync_ok(&a, &nats);
+    publish_raw(
+        &nats,
+        &subject,
+        vec![
+            (position(1, &ev[0].1, &ev[0].2), ev[0].0.clone()),
+            // Bytes altered in transit: the hash does not recompute.
+            (position(2, &ev[1].1, &ev[1].2), flipped),
+            (position(2, &ev[1].1, &ev[1].2), ev[1].0.clone()),
+            // A link to a history that is not the chain's.
+            (position(3, &ev[2].1, &other), ev[2].0.clone()),
+            (position(3, &ev[2].1, &ev[2].2), ev[2].0.clone()),
+            // Another device's event put in this device's chain.
+            (position(4, &a_event.1, &ev[2].1), a_event.0.clone()),
+        ],
+    );
+    let (code, report) = sync(&a, &nats);
+    assert_eq!(code, Some(65), "{report:#}");
+    let peer = report["peers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["device"] == "device:mallory")
+        .unwrap()
+        .clone();
+    assert_eq!(peer["appended"], 3, "{peer:#}");
+    assert_eq!(peer["applied_through"], 3, "{peer:#}");
+    let reasons: Vec<String> = peer["refused"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["reason"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(reasons.len(), 3, "{reasons:#?}");
+    assert!(reasons[0].contains("does not verify"), "{reasons:#?}");
+    assert!(
+        reasons[1].contains("broken or forged chain"),
+        "{reasons:#?}"
+    );
+    assert!(reasons[2].contains("the headers say 4"), "{reasons:#?}");
+    // Only the verified events are in A's log, and A is healthy.
+    assert_eq!(a.head(), 1 + 3);
+    assert_eq!(a.run(&["doctor"]).status.code(), Some(0));
+    // A gap (position 6 without 5) is reported, not skipped.
+    publish_raw(
+        &nats,
+        &subject,
+        vec![(position(6, &ev[3].1, &ev[2].1), ev[3].0.clone())],
+    );
+    let (code, report) = sync(&a, &nats);
+    assert_eq!(code, Some(65), "{report:#}");
+    let text = report.to_string();
+    assert!(text.contains("\"missing\":4"), "{report:#}");
+}
+
+#[test]
+fn bad_configuration_and_arguments_are_clear_errors() {
+    let a = device("a");
+    let out = a.run(&["sync"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("replication is off"),
+        "{}",
+        stderr(&out)
+    );
+    for url in ["http://127.0.0.1:4222", "nats://127.0.0.1", "nats://:4222"] {
+        let out = a.run(&["sync", "--nats", url]);
+        assert_eq!(out.status.code(), Some(2), "{url}: {}", stderr(&out));
+    }
+    std::fs::write(
+        a.path().join("config.toml"),
+        "[replication]\nenabled = true\nstream_replicas = 2\nservers = [\"nats://127.0.0.1:1\"]\n",
+    )
+    .unwrap();
+    let out = a.run(&["sync"]);
+    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
+    assert!(stderr(&out).contains("stream_replicas"), "{}", stderr(&out));
+}
