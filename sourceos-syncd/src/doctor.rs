@@ -103,7 +103,8 @@ pub struct DoctorReport {
     pub events_checked: u64,
     /// Head sequence of the log.
     pub head_seq: u64,
-    /// Head hash of the log.
+    /// Head hash of the log (`blake3:` text in JSON, as everywhere else).
+    #[serde(serialize_with = "digest_text")]
     pub head_hash: Digest,
     /// Derived trees examined.
     pub trees_checked: Vec<String>,
@@ -130,6 +131,10 @@ impl DoctorReport {
             .iter()
             .any(|f| f.class == FindingClass::Repairable)
     }
+}
+
+fn digest_text<S: serde::Serializer>(d: &Digest, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(d)
 }
 
 /// Options of one doctor run.
@@ -771,6 +776,7 @@ pub struct VerifyReport {
     /// Head sequence.
     pub head_seq: u64,
     /// Head hash: equal heads prove equal logs.
+    #[serde(serialize_with = "digest_text")]
     pub head_hash: Digest,
     /// Damage found (empty when the chain is intact).
     pub damage: Vec<Finding>,

@@ -9,6 +9,7 @@ mod agent_txn;
 mod bundle;
 mod clock;
 mod codec;
+mod contract;
 mod doctor;
 mod event;
 mod explain;
@@ -37,6 +38,10 @@ pub use clock::{
     Clock, CountingIdGenerator, IdGenerator, SteppingClock, SystemClock, UuidV7Generator,
 };
 pub use codec::{DecodeError, EncodeError};
+pub use contract::{
+    choose as choose_schema, schema_info, validate_document, Checked, ContractError, SchemaInfo,
+    SetRules, Violation, MAX_SET_DOCUMENTS, MAX_VIOLATIONS, SCHEMAS,
+};
 pub use doctor::{
     damage, doctor, verify, DamageTarget, DoctorError, DoctorOptions, DoctorReport, Finding,
     FindingClass, RepairSummary, Severity, VerifyReport,

@@ -89,6 +89,47 @@ pub enum Command {
     /// GitWorkspaceState document; the path itself is never printed or
     /// stored, only its sha256 digest and a redacted hint.
     GitState(GitStateArgs),
+    /// The JSON Schemas (draft 2020-12) of every document syncd reads or
+    /// writes: list them, print one, or validate files against them (exit
+    /// 65 when any document is invalid, each problem with its JSON path).
+    #[command(subcommand)]
+    Schema(SchemaCommand),
+}
+
+/// `syncd schema`.
+#[derive(Debug, Subcommand)]
+pub enum SchemaCommand {
+    /// List the embedded schemas.
+    List(ListArgs),
+    /// Print one schema.
+    Show(SchemaShowArgs),
+    /// Validate JSON files (one document each, or JSON Lines) against their
+    /// schema and the SourceOS cross-field rules; a session claimed by two
+    /// owners, or one id used by two documents, across all FILEs is
+    /// refused too.
+    Validate(SchemaValidateArgs),
+}
+
+/// `syncd schema show`.
+#[derive(Debug, Args)]
+pub struct SchemaShowArgs {
+    /// The schema's name (see `syncd schema list`).
+    pub name: String,
+}
+
+/// `syncd schema validate`.
+#[derive(Debug, Args)]
+pub struct SchemaValidateArgs {
+    /// The files to check.
+    #[arg(required = true, value_name = "FILE")]
+    pub files: Vec<PathBuf>,
+    /// Check against this schema [default: the SourceOS record named by
+    /// each document's `type`].
+    #[arg(long, value_name = "NAME")]
+    pub schema: Option<String>,
+    /// Print the results as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `syncd git-state`.
