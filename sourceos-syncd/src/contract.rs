@@ -211,7 +211,10 @@ pub fn choose(doc: &Value, name: Option<&str>) -> Result<&'static SchemaInfo, Co
             .iter()
             .find(|s| s.sourceos && s.name == t)
             .ok_or_else(|| ContractError::NoSchemaChosen {
-                found: format!("type {:?}, which is no SourceOS record syncd knows", crate::ids::truncated(t)),
+                found: format!(
+                    "type {:?}, which is no SourceOS record syncd knows",
+                    crate::ids::truncated(t)
+                ),
             }),
         Some(_) => Err(ContractError::NoSchemaChosen {
             found: "a `type` that is not a string".into(),
@@ -263,7 +266,11 @@ fn ordered(doc: &Value, earlier: &str, later: &str, out: &mut Vec<Violation>) {
         if b < a {
             out.push(Violation::new(
                 later,
-                format!("{later} is before {earlier}; timestamps must be ordered"),
+                format!(
+                    "{} is before {}; timestamps must be ordered",
+                    later.trim_start_matches('/'),
+                    earlier.trim_start_matches('/')
+                ),
             ));
         }
     }
@@ -297,10 +304,22 @@ pub(crate) fn cross_field(name: &str, doc: &Value) -> Vec<Violation> {
         }
         "OrphanEventReceipt" => {
             ordered(doc, "/observedAt", "/capturedAt", &mut out);
-            ordered(doc, "/observedAt", "/sessionResolution/reconciledAt", &mut out);
-            ordered(doc, "/observedAt", "/sessionResolution/quarantinedAt", &mut out);
+            ordered(
+                doc,
+                "/observedAt",
+                "/sessionResolution/reconciledAt",
+                &mut out,
+            );
+            ordered(
+                doc,
+                "/observedAt",
+                "/sessionResolution/quarantinedAt",
+                &mut out,
+            );
             match text(doc, "/sessionResolution/state") {
-                Some("recovered") if text(doc, "/sessionResolution/recoveredSessionRef").is_none() => {
+                Some("recovered")
+                    if text(doc, "/sessionResolution/recoveredSessionRef").is_none() =>
+                {
                     out.push(Violation::new(
                         "/sessionResolution/recoveredSessionRef",
                         "a recovered orphan must name the session it was recovered into",
@@ -387,7 +406,10 @@ impl SetRules {
             match self.ids.get(id) {
                 Some((first, f)) if *f != fingerprint => out.push(Violation::new(
                     "/id",
-                    format!("id {id} is already used by document {} with other content; ids are unique", first + 1),
+                    format!(
+                        "id {id} is already used by document {} with other content; ids are unique",
+                        first + 1
+                    ),
                 )),
                 Some(_) => {}
                 None => {
@@ -442,7 +464,9 @@ mod tests {
     #[test]
     fn schema_is_chosen_from_type_or_refused() {
         assert_eq!(
-            choose(&json!({"type": "CapabilityLedger"}), None).unwrap().name,
+            choose(&json!({"type": "CapabilityLedger"}), None)
+                .unwrap()
+                .name,
             "CapabilityLedger"
         );
         assert!(matches!(
@@ -478,7 +502,10 @@ mod tests {
         let a = json!({"id": "urn:x:1", "sessionRef": "urn:srcos:session:s", "ownerRef": "urn:srcos:agent:a"});
         let b = json!({"id": "urn:x:2", "sessionRef": "urn:srcos:session:s", "ownerRef": "urn:srcos:agent:b"});
         assert!(set.observe(0, &a).is_empty());
-        assert!(set.observe(0, &a).is_empty(), "the same document again is no conflict");
+        assert!(
+            set.observe(0, &a).is_empty(),
+            "the same document again is no conflict"
+        );
         let v = set.observe(1, &b);
         assert_eq!(v.len(), 1);
         assert_eq!(v[0].path, "/sessionRef");

@@ -160,7 +160,14 @@ fn validate(a: &SchemaValidateArgs) -> Result<u8, Failure> {
             }
         };
         for (line, doc) in docs {
-            results.push(check(file, line, &doc, a.schema.as_deref(), index, &mut set));
+            results.push(check(
+                file,
+                line,
+                &doc,
+                a.schema.as_deref(),
+                index,
+                &mut set,
+            ));
             index += 1;
         }
     }
