@@ -334,14 +334,14 @@ pub(crate) fn cross_field(name: &str, doc: &Value) -> Vec<Violation> {
                 _ => {}
             }
         }
-        "GitWorkspaceState" => {
-            // The schema says `const: false`; this names the reason.
-            if doc.pointer("/pathEvidence/rawPathStored") == Some(&Value::Bool(true)) {
-                out.push(Violation::new(
-                    "/pathEvidence/rawPathStored",
-                    "git path evidence never stores the raw path",
-                ));
-            }
+        // The schema says `const: false`; this names the reason.
+        "GitWorkspaceState"
+            if doc.pointer("/pathEvidence/rawPathStored") == Some(&Value::Bool(true)) =>
+        {
+            out.push(Violation::new(
+                "/pathEvidence/rawPathStored",
+                "git path evidence never stores the raw path",
+            ));
         }
         "CapabilityLedger" => {
             let owners = owners_of(doc);

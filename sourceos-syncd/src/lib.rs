@@ -12,6 +12,7 @@ mod codec;
 mod contract;
 mod doctor;
 mod event;
+mod evidence;
 mod explain;
 mod gitstate;
 mod ids;
@@ -49,6 +50,11 @@ pub use doctor::{
 pub use event::{
     genesis, Envelope, EventDamage, EventDocument, EventDraft, OriginRef, Payload, SealError,
     GENESIS_DOMAIN, MAX_ENVELOPE_BYTES, MAX_PAYLOAD_BYTES,
+};
+pub use evidence::{
+    check as check_evidence, put as put_evidence, put_file as put_evidence_file,
+    read as read_evidence, EvidenceError, EvidenceRef, EvidenceState, EVIDENCE_DIR,
+    MAX_EVIDENCE_BYTES,
 };
 pub use explain::{
     conflicts, explain, objects, records, transaction, transactions, Blocker, ConflictView,

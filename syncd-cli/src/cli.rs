@@ -94,6 +94,30 @@ pub enum Command {
     /// 65 when any document is invalid, each problem with its JSON path).
     #[command(subcommand)]
     Schema(SchemaCommand),
+    /// The evidence store (HOME/evidence/<blake3 hex>): content-addressed
+    /// files that events reference from `evidenceRefs` as blake3:<hex>.
+    /// `syncd doctor` checks every referenced file.
+    #[command(subcommand)]
+    Evidence(EvidenceCommand),
+}
+
+/// `syncd evidence`.
+#[derive(Debug, Subcommand)]
+pub enum EvidenceCommand {
+    /// Store a file (at most 64 MiB) and print its reference; storing the
+    /// same content again writes nothing. Exit 65 when the file cannot be
+    /// read or is too large.
+    Add(EvidenceAddArgs),
+}
+
+/// `syncd evidence add`.
+#[derive(Debug, Args)]
+pub struct EvidenceAddArgs {
+    /// The file to store.
+    pub file: PathBuf,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `syncd schema`.

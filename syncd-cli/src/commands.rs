@@ -62,6 +62,7 @@ pub fn run(cli: &Cli, home: &Path) -> Result<u8, Failure> {
         Command::Track(a) => crate::cmd_track::track(cli, home, a),
         Command::GitState(a) => crate::cmd_git::git_state(cli, home, a),
         Command::Schema(c) => crate::cmd_schema::schema(c),
+        Command::Evidence(crate::cli::EvidenceCommand::Add(a)) => evidence_add(home, a),
     };
     match result {
         // A closed stdout is reported as a failure with code 0 and no text.
@@ -907,4 +908,34 @@ fn txn_inner(store: &core::Store, t: &TxnCommand) -> Result<u8, Failure> {
             message: reason,
         }),
     }
+}
+
+fn evidence_add(home: &Path, a: &crate::cli::EvidenceAddArgs) -> Result<u8, Failure> {
+    // Evidence belongs to a store: refuse a home without one rather than
+    // create a stray directory.
+    if !core::db_dir(home).join("conf").is_file() {
+        return Err(Failure {
+            code: exit::STORE,
+            message: format!("no store at {}: run `syncd init` first", home.display()),
+        });
+    }
+    let (r, size) = core::put_evidence_file(home, &a.file).map_err(|e| Failure {
+        code: match e {
+            core::EvidenceError::Sync(_) => exit::STORE,
+            _ => exit::DATA,
+        },
+        message: crate::chain(&e),
+    })?;
+    let mut out = Out::new();
+    if a.json {
+        out.json(&serde_json::json!({
+            "evidence_ref": r.to_string(),
+            "path": r.path(home),
+            "size_bytes": size,
+        }))?;
+    } else {
+        out.line(&r.to_string())?;
+    }
+    out.flush()?;
+    Ok(exit::OK)
 }
