@@ -47,6 +47,9 @@ pub enum Severity {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum FindingClass {
+    /// Nothing is damaged, but a person should look (a capability in
+    /// split-brain). Does not change the exit code.
+    Advisory,
     /// Derived state: `doctor --repair` rebuilds it from the log.
     Repairable,
     /// Durable state: a person must decide (restore, accept loss).
@@ -575,6 +578,19 @@ pub fn doctor(
     } else {
         BTreeMap::new()
     };
+    if let Some(f) = fresh.get(projection::ledger::NAME) {
+        for cap in projection::ledger::split_brain_in(&f.records) {
+            findings.add(
+                "capability.split_brain",
+                Severity::Warning,
+                FindingClass::Advisory,
+                "capabilities",
+                None,
+                Some(cap.clone()),
+                format!("{cap}: a plane reports it enabled while another rejects it; see `syncd capabilities`"),
+            );
+        }
+    }
     let mut damaged: BTreeSet<&'static str> = BTreeSet::new();
     let mut trees_checked = Vec::new();
     for name in &names {

@@ -245,6 +245,13 @@ pub(crate) fn refs_in(payload: &serde_json::Map<String, Value>) -> Vec<EvidenceR
                 .filter_map(|s| EvidenceRef::parse(s).ok()),
         );
     }
+    if let Some(s) = payload
+        .get("manifest")
+        .and_then(|m| m.get("manifestRef"))
+        .and_then(Value::as_str)
+    {
+        out.extend(EvidenceRef::parse(s).ok());
+    }
     if let Some(Value::String(s)) = payload.get("report_digest") {
         out.extend(EvidenceRef::parse(s).ok());
     }

@@ -7,6 +7,7 @@
 
 mod agent_txn;
 mod bundle;
+mod capability;
 mod clock;
 mod codec;
 mod contract;
@@ -21,6 +22,7 @@ mod kinds;
 mod model;
 mod policy;
 mod projection;
+mod receipt;
 mod session;
 mod session_dag;
 mod status;
@@ -34,6 +36,11 @@ pub use agent_txn::{
 pub use bundle::{
     export, import, restore, verify_bundle, BundleError, BundleManifest, ImportReport,
     BUNDLE_FORMAT, BUNDLE_MAGIC,
+};
+pub use capability::{
+    capabilities, split_brain_capabilities, CapabilityLedger, CapabilityRef, CapabilityState,
+    DeclaredState, EffectiveState, Plane, PolicyEffect, Report as PlaneReport, Verdict,
+    CAPABILITY_PREFIX, LEDGER_SPEC_VERSION,
 };
 pub use clock::{
     Clock, CountingIdGenerator, IdGenerator, SteppingClock, SystemClock, UuidV7Generator,
@@ -80,6 +87,12 @@ pub use projection::sessions::{
 };
 pub use projection::summary::SummaryView;
 pub use projection::{Checkpoint, ProjectionError, ProjectionHealth, ProjectionStatus};
+pub use receipt::{
+    automation_transition, install_transition, receipt, receipts, AutomationEvent,
+    AutomationRecord, AutomationState, InstallRecord, InstallState, InvalidReceiptTransition,
+    ReceiptState, AUTOMATION_ENDED, AUTOMATION_PREFIX, AUTOMATION_STARTED, INSTALL_PREFIX,
+    INSTALL_PROGRESSED, INSTALL_REQUESTED, RECEIPT_SPEC_VERSION,
+};
 pub use session::{
     transition as turn_transition, CorrelationKeys, InvalidTransition as InvalidTurnTransition,
     QuarantinePayload, TurnEvent, TurnState, MAX_CANDIDATES, ORPHAN_SWEEPER_ACTOR,
@@ -90,7 +103,8 @@ pub use session_dag::{
     CONFIG_FILE, DEFAULT_ORPHAN_TTL_SECONDS, MAX_ORPHAN_TTL_SECONDS, ORPHAN_RECEIPT_SPEC_VERSION,
 };
 pub use status::{
-    status, Health, LogStatus, ProjectionState, StatusDocument, STATUS_SCHEMA_VERSION,
+    status, Health, LogStatus, ProjectionState, StatusDocument, MAX_SPLIT_BRAIN_LISTED,
+    STATUS_SCHEMA_VERSION,
 };
 pub use storage::{StorageError, StorageOptions, DERIVED_PREFIX, EVENTS_TREE, META_TREE};
 pub use store::{

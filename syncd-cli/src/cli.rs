@@ -99,6 +99,66 @@ pub enum Command {
     /// `syncd doctor` checks every referenced file.
     #[command(subcommand)]
     Evidence(EvidenceCommand),
+    /// The capability ledger: per capability, which planes declared,
+    /// negotiated or rejected it and its effective state (enabled only when
+    /// every required plane agreed and policy allowed it); split-brain
+    /// (a plane says enabled while another rejects) is listed in
+    /// conflictRefs. --json prints CapabilityLedger documents.
+    Capabilities(ListArgs),
+    /// Receipts of browser automation sessions and runtime installs, as
+    /// SourceOS documents with --json; `syncd receipts revoke ID` ends an
+    /// active automation session.
+    Receipts(ReceiptsArgs),
+}
+
+/// `syncd receipts`.
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct ReceiptsArgs {
+    /// Revoke instead of listing.
+    #[command(subcommand)]
+    pub action: Option<ReceiptsAction>,
+    /// Only this kind of receipt.
+    #[arg(long, value_enum, value_name = "K")]
+    pub kind: Option<ReceiptKind>,
+    /// Print BrowserAutomationReceipt / RuntimeInstallReceipt documents as
+    /// one JSON array.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Kinds of receipt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ReceiptKind {
+    /// Browser automation sessions.
+    BrowserAutomation,
+    /// Runtime installs.
+    RuntimeInstall,
+}
+
+/// `syncd receipts revoke`.
+#[derive(Debug, Subcommand)]
+pub enum ReceiptsAction {
+    /// End an active browser automation session as revoked (terminal).
+    /// Exit 65 when the receipt is unknown or no longer active.
+    Revoke(RevokeArgs),
+}
+
+/// `syncd receipts revoke ID`.
+#[derive(Debug, Args)]
+pub struct RevokeArgs {
+    /// The receipt id (urn:srcos:receipt:browser-automation:...).
+    pub id: String,
+    /// Why it is revoked.
+    #[arg(long, default_value = "revoked by the user", value_name = "TEXT")]
+    pub reason: String,
+    /// Who revokes it.
+    #[arg(long, default_value = "actor:local-user", value_name = "ACTOR")]
+    pub actor: String,
+    /// The policy decision under which it is revoked [default: the one
+    /// the session started under].
+    #[arg(long, value_name = "REF")]
+    pub policy_decision: Option<String>,
 }
 
 /// `syncd evidence`.

@@ -3,7 +3,8 @@
 //! (schema plus the contracts' cross-field rules, and session ownership
 //! and id uniqueness across all files of one run). No store is opened.
 //!
-//! A file holds one JSON document, or JSON Lines (one document per line,
+//! A file holds one JSON document, an array of documents (as the listing
+//! commands print), or JSON Lines (one document per line,
 //! as `syncd log --json` prints). Exit 0 when every document is valid, 65
 //! when any is invalid or a file cannot be read or parsed, 2 for an
 //! unknown `--schema`.
@@ -64,9 +65,9 @@ fn show(a: &SchemaShowArgs) -> Result<u8, Failure> {
 #[derive(Serialize)]
 struct DocResult {
     file: String,
-    /// 1-based line for JSON Lines files.
+    /// Where in the file: `line N` (JSON Lines) or `[N]` (an array).
     #[serde(skip_serializing_if = "Option::is_none")]
-    line: Option<usize>,
+    at: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     schema: Option<&'static str>,
     valid: bool,
@@ -80,10 +81,10 @@ fn is_zero(n: &usize) -> bool {
 }
 
 impl DocResult {
-    fn failed(file: &Path, line: Option<usize>, message: String) -> Self {
+    fn failed(file: &Path, at: Option<String>, message: String) -> Self {
         Self {
             file: file.display().to_string(),
-            line,
+            at,
             schema: None,
             valid: false,
             violations: vec![core::Violation {
@@ -109,9 +110,20 @@ fn read_bounded(path: &Path) -> Result<String, String> {
     Ok(text)
 }
 
-/// The documents of a file: one document, or JSON Lines.
-fn documents(text: &str) -> Result<Vec<(Option<usize>, Value)>, String> {
+/// The documents of a file: one document, an array of documents (as the
+/// listing commands print), or JSON Lines.
+fn documents(text: &str) -> Result<Vec<(Option<String>, Value)>, String> {
     match serde_json::from_str::<Value>(text) {
+        Ok(Value::Array(items)) => {
+            if items.len() > MAX_DOCUMENTS_PER_FILE {
+                return Err(format!("more than {MAX_DOCUMENTS_PER_FILE} documents"));
+            }
+            Ok(items
+                .into_iter()
+                .enumerate()
+                .map(|(i, v)| (Some(format!("[{i}]")), v))
+                .collect())
+        }
         Ok(v) => Ok(vec![(None, v)]),
         Err(whole) => {
             let lines: Vec<(usize, &str)> = text
@@ -131,7 +143,7 @@ fn documents(text: &str) -> Result<Vec<(Option<usize>, Value)>, String> {
                 .into_iter()
                 .map(|(i, l)| {
                     serde_json::from_str(l)
-                        .map(|v| (Some(i + 1), v))
+                        .map(|v| (Some(format!("line {}", i + 1)), v))
                         .map_err(|e| format!("line {}: not JSON: {e}", i + 1))
                 })
                 .collect()
@@ -181,7 +193,7 @@ fn validate(a: &SchemaValidateArgs) -> Result<u8, Failure> {
 
 fn check(
     file: &PathBuf,
-    line: Option<usize>,
+    at: Option<String>,
     doc: &Value,
     schema: Option<&str>,
     index: usize,
@@ -192,14 +204,14 @@ fn check(
             c.violations.extend(set.observe(index, doc));
             DocResult {
                 file: file.display().to_string(),
-                line,
+                at,
                 schema: Some(c.schema),
                 valid: c.violations.is_empty(),
                 violations: c.violations,
                 not_listed: c.not_listed,
             }
         }
-        Err(e) => DocResult::failed(file, line, crate::chain(&e)),
+        Err(e) => DocResult::failed(file, at, crate::chain(&e)),
     }
 }
 
@@ -211,8 +223,8 @@ fn render(results: &[DocResult], json: bool) -> Result<(), Failure> {
         return Ok(());
     }
     for r in results {
-        let at = match r.line {
-            Some(l) => format!("{}:{l}", r.file),
+        let at = match &r.at {
+            Some(l) => format!("{} {l}", r.file),
             None => r.file.clone(),
         };
         let verdict = if r.valid { "valid" } else { "invalid" };

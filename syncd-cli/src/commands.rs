@@ -63,6 +63,8 @@ pub fn run(cli: &Cli, home: &Path) -> Result<u8, Failure> {
         Command::GitState(a) => crate::cmd_git::git_state(cli, home, a),
         Command::Schema(c) => crate::cmd_schema::schema(c),
         Command::Evidence(crate::cli::EvidenceCommand::Add(a)) => evidence_add(home, a),
+        Command::Capabilities(a) => crate::cmd_ledger::capabilities(cli, home, a),
+        Command::Receipts(a) => crate::cmd_ledger::receipts(cli, home, a),
     };
     match result {
         // A closed stdout is reported as a failure with code 0 and no text.
@@ -400,6 +402,7 @@ fn render_doctor(
             let class = match f.class {
                 core::FindingClass::Repairable => "repairable",
                 core::FindingClass::NeedsReview => "needs_review",
+                core::FindingClass::Advisory => "advisory",
             };
             out.line(&format!("  {sev:<8} {class:<12} {}  {}", f.id, f.message))?;
         }

@@ -4,6 +4,7 @@
 
 mod cli;
 mod cmd_git;
+mod cmd_ledger;
 mod cmd_schema;
 mod cmd_track;
 mod commands;
