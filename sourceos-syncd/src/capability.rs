@@ -366,9 +366,11 @@ pub(crate) fn string_list(
                 }
                 out.push(s.clone());
             }
-            _ => return Err(format!(
+            _ => {
+                return Err(format!(
                 "payload.{key}[{i}]: must be a non-empty string of at most {MAX_TEXT_BYTES} bytes"
-            )),
+            ))
+            }
         }
     }
     Ok(out)

@@ -137,11 +137,32 @@ pub fn put(home: &Path, content: &[u8]) -> Result<EvidenceRef, EvidenceError> {
     Ok(r)
 }
 
+/// What storing a file produced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stored {
+    /// Its reference.
+    pub reference: EvidenceRef,
+    /// Its size.
+    pub size_bytes: u64,
+    /// `sha256:<64 hex>` of the same content, for SourceOS fields that
+    /// name content by sha256 (a manifest's `manifestDigest`).
+    pub sha256: String,
+}
+
 /// Reads a file (at most [`MAX_EVIDENCE_BYTES`]) and stores its content.
-pub fn put_file(home: &Path, file: &Path) -> Result<(EvidenceRef, u64), EvidenceError> {
+pub fn put_file(home: &Path, file: &Path) -> Result<Stored, EvidenceError> {
+    use sha2::Digest as _;
     let content = read_bounded(file)?;
-    let size = content.len() as u64;
-    Ok((put(home, &content)?, size))
+    let sha = sha2::Sha256::digest(&content);
+    let mut hex = String::with_capacity(64);
+    for b in sha.iter() {
+        hex.push_str(&format!("{b:02x}"));
+    }
+    Ok(Stored {
+        size_bytes: content.len() as u64,
+        reference: put(home, &content)?,
+        sha256: format!("sha256:{hex}"),
+    })
 }
 
 fn read_bounded(file: &Path) -> Result<Vec<u8>, EvidenceError> {

@@ -60,8 +60,8 @@ pub use event::{
 };
 pub use evidence::{
     check as check_evidence, put as put_evidence, put_file as put_evidence_file,
-    read as read_evidence, EvidenceError, EvidenceRef, EvidenceState, EVIDENCE_DIR,
-    MAX_EVIDENCE_BYTES,
+    read as read_evidence, EvidenceError, EvidenceRef, EvidenceState, Stored as StoredEvidence,
+    EVIDENCE_DIR, MAX_EVIDENCE_BYTES,
 };
 pub use explain::{
     conflicts, explain, objects, records, transaction, transactions, Blocker, ConflictView,

@@ -191,7 +191,7 @@ pub fn install_transition(
 }
 
 /// Fields of the documents that syncd fills in; a payload must not.
-const DERIVED: [&str; 9] = [
+const DERIVED: [&str; 10] = [
     "id",
     "type",
     "specVersion",
@@ -201,6 +201,7 @@ const DERIVED: [&str; 9] = [
     "revokedAt",
     "installState",
     "finishedAt",
+    "logMode",
 ];
 
 /// Schema paths of a document mapped to the payload's, for messages.
@@ -297,6 +298,7 @@ fn validate_requested(d: &mut EventDraft) -> Result<(), String> {
     }
     check_as_document(d, "RuntimeInstallReceipt", INSTALL_PREFIX, |doc| {
         doc.insert("installState".into(), json!("requested"));
+        doc.insert("logMode".into(), json!("compact_receipt_ref"));
         doc.insert(
             "artifacts".into(),
             json!([{"artifactRef": "placeholder", "digest": format!("sha256:{}", "0".repeat(64)), "verificationState": "not_checked"}]),
@@ -334,9 +336,11 @@ fn validate_step(d: &mut EventDraft) -> Result<(), String> {
             ],
         )?;
         match AutomationEvent::parse(next) {
-            Some(AutomationEvent::Start) | None => return Err(format!(
+            Some(AutomationEvent::Start) | None => {
+                return Err(format!(
                 "payload.terminalState: {next:?} is not one of revoked, completed, failed, denied"
-            )),
+            ))
+            }
             Some(_) => {}
         }
     } else {

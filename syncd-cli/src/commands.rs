@@ -922,7 +922,7 @@ fn evidence_add(home: &Path, a: &crate::cli::EvidenceAddArgs) -> Result<u8, Fail
             message: format!("no store at {}: run `syncd init` first", home.display()),
         });
     }
-    let (r, size) = core::put_evidence_file(home, &a.file).map_err(|e| Failure {
+    let stored = core::put_evidence_file(home, &a.file).map_err(|e| Failure {
         code: match e {
             core::EvidenceError::Sync(_) => exit::STORE,
             _ => exit::DATA,
@@ -930,11 +930,13 @@ fn evidence_add(home: &Path, a: &crate::cli::EvidenceAddArgs) -> Result<u8, Fail
         message: crate::chain(&e),
     })?;
     let mut out = Out::new();
+    let r = stored.reference;
     if a.json {
         out.json(&serde_json::json!({
             "evidence_ref": r.to_string(),
             "path": r.path(home),
-            "size_bytes": size,
+            "size_bytes": stored.size_bytes,
+            "sha256": stored.sha256,
         }))?;
     } else {
         out.line(&r.to_string())?;
