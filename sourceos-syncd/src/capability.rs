@@ -52,19 +52,19 @@ pub const POLICY_DECIDED: &str = "capability.policy_decided";
 pub(crate) const KINDS: &[KindSpec] = &[
     KindSpec {
         kind: DECLARED,
-        validate: validate,
+        validate,
     },
     KindSpec {
         kind: REQUESTED,
-        validate: validate,
+        validate,
     },
     KindSpec {
         kind: PLANE_REPORTED,
-        validate: validate,
+        validate,
     },
     KindSpec {
         kind: POLICY_DECIDED,
-        validate: validate,
+        validate,
     },
 ];
 

@@ -512,4 +512,133 @@ mod tests {
         let c = json!({"id": "urn:x:1", "sessionRef": "urn:srcos:session:t"});
         assert_eq!(set.observe(2, &c)[0].path, "/id");
     }
+    fn schema_enum(name: &str, pointer: &str) -> Vec<String> {
+        let v: Value = serde_json::from_str(schema_info(name).unwrap().text).unwrap();
+        v.pointer(pointer)
+            .unwrap_or_else(|| panic!("{name}{pointer}"))
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|x| x.as_str().map(str::to_owned))
+            .collect()
+    }
+
+    fn names<T: serde::Serialize>(values: &[T]) -> Vec<String> {
+        values
+            .iter()
+            .map(|v| {
+                serde_json::to_value(v)
+                    .unwrap()
+                    .as_str()
+                    .unwrap()
+                    .to_owned()
+            })
+            .collect()
+    }
+
+    /// The Rust enums that fill these documents and the schemas' enums
+    /// list the same values, and documents built from Rust types validate.
+    #[test]
+    fn rust_types_and_schemas_agree() {
+        use crate::capability::{EffectiveState, Plane};
+        use crate::receipt::{AutomationState, InstallState};
+        assert_eq!(
+            names(EffectiveState::ALL),
+            schema_enum("CapabilityLedger", "/properties/effectiveState/enum")
+        );
+        assert_eq!(
+            names(Plane::ALL),
+            schema_enum("CapabilityLedger", "/$defs/plane/enum")
+        );
+        let terminal: Vec<AutomationState> = AutomationState::ALL
+            .iter()
+            .copied()
+            .filter(|s| *s != AutomationState::NotStarted)
+            .collect();
+        assert_eq!(
+            names(&terminal),
+            schema_enum("BrowserAutomationReceipt", "/properties/terminalState/enum")
+        );
+        let install: Vec<InstallState> = InstallState::ALL
+            .iter()
+            .copied()
+            .filter(|s| *s != InstallState::NotRequested)
+            .collect();
+        assert_eq!(
+            names(&install),
+            schema_enum("RuntimeInstallReceipt", "/properties/installState/enum")
+        );
+        assert_eq!(
+            crate::gitstate::GIT_STATES.to_vec(),
+            schema_enum("GitWorkspaceState", "/properties/state/enum")
+        );
+        use crate::status::Health;
+        // A new variant fails this match, and so this test, until the
+        // schema lists it too.
+        let health = |h: Health| match h {
+            Health::Clean
+            | Health::Degraded
+            | Health::Conflicted
+            | Health::PolicyBlocked
+            | Health::OfflineLocalOnly
+            | Health::RepairRecommended
+            | Health::DaemonUnavailable => h,
+        };
+        let all_health = [
+            Health::Clean,
+            Health::Degraded,
+            Health::Conflicted,
+            Health::PolicyBlocked,
+            Health::OfflineLocalOnly,
+            Health::RepairRecommended,
+            Health::DaemonUnavailable,
+        ]
+        .map(health);
+        assert_eq!(
+            names(&all_health),
+            schema_enum("StatusDocument", "/properties/health/enum")
+        );
+        use crate::doctor::{FindingClass, Severity};
+        let mut classes = names(&[
+            FindingClass::Repairable,
+            FindingClass::NeedsReview,
+            FindingClass::Advisory,
+        ]);
+        classes.sort();
+        let mut want = schema_enum("DoctorReport", "/$defs/finding/properties/class/enum");
+        want.sort();
+        assert_eq!(classes, want);
+        assert_eq!(
+            names(&[Severity::Warning, Severity::Error, Severity::Critical]),
+            schema_enum("DoctorReport", "/$defs/finding/properties/severity/enum")
+        );
+    }
+
+    #[test]
+    fn documents_built_from_rust_types_validate() {
+        use crate::capability::{CapabilityRef, CapabilityState, Fact};
+        let mut s = CapabilityState::new(CapabilityRef::new("urn:srcos:capability:x@1").unwrap());
+        for (kind, p) in [
+            (
+                "capability.declared",
+                json!({"plane": "config", "state": "enabled"}),
+            ),
+            (
+                "capability.plane_reported",
+                json!({"plane": "server", "verdict": "unsupported", "reason": "r"}),
+            ),
+        ] {
+            let mut p = p.as_object().unwrap().clone();
+            p.insert("policyDecisionRef".into(), json!("urn:srcos:decision:d"));
+            s.apply(&Fact {
+                kind,
+                payload: &p,
+                event_id: "e".into(),
+                recorded_at: "2026-01-01T00:00:00.000000Z".into(),
+            });
+        }
+        let doc = serde_json::to_value(s.document()).unwrap();
+        let c = validate_document(&doc, None).unwrap();
+        assert!(c.valid(), "{:?}", c.violations);
+    }
 }

@@ -10,7 +10,7 @@
 //! unknown `--schema`.
 
 use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde::Serialize;
 use serde_json::Value;
@@ -192,7 +192,7 @@ fn validate(a: &SchemaValidateArgs) -> Result<u8, Failure> {
 }
 
 fn check(
-    file: &PathBuf,
+    file: &Path,
     at: Option<String>,
     doc: &Value,
     schema: Option<&str>,
