@@ -641,4 +641,79 @@ mod tests {
         let c = validate_document(&doc, None).unwrap();
         assert!(c.valid(), "{:?}", c.violations);
     }
+
+    /// Orphan receipts the session DAG emits (queued, recovered,
+    /// quarantined) pass our schema and the cross-field rules.
+    #[test]
+    fn emitted_orphan_receipts_validate() {
+        use crate::clock::{CountingIdGenerator, SteppingClock};
+        use crate::event::{EventDraft, Payload};
+        use crate::ids::{ActorId, DeviceId, EventKind, ProfileId, SessionRef, Timestamp};
+        use crate::store::{InitOptions, OpenOptions, Store};
+        use std::sync::Arc;
+
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::init(
+            dir.path(),
+            InitOptions {
+                device: Some(DeviceId::new("device:a").unwrap()),
+                profile: ProfileId::new("profile:test").unwrap(),
+                created_at: None,
+            },
+            OpenOptions {
+                clock: Arc::new(SteppingClock::new(
+                    Timestamp::from_unix_micros(1_700_000_000_000_000),
+                    1_000_000,
+                )),
+                ids: Arc::new(CountingIdGenerator::new(1_700_000_000_000)),
+                ..OpenOptions::default()
+            },
+        )
+        .unwrap();
+        let ev = |kind: &str, session: &str, payload: Value| {
+            let mut d = EventDraft::new(
+                ActorId::new("actor:agent").unwrap(),
+                EventKind::new(kind).unwrap(),
+            );
+            d.session = Some(SessionRef::new(session).unwrap());
+            d.payload = Payload::new(payload).unwrap();
+            d
+        };
+        store
+            .append(ev("note.added", "urn:srcos:session:late", json!({})))
+            .unwrap();
+        store
+            .append(ev("note.added", "urn:srcos:session:never", json!({})))
+            .unwrap();
+        store
+            .append(ev("note.added", "urn:srcos:session:queued", json!({})))
+            .unwrap();
+        store
+            .append(ev(
+                crate::session::SESSION_OPENED,
+                "urn:srcos:session:late",
+                json!({"lease_epoch": 1}),
+            ))
+            .unwrap();
+        let mut states = Vec::new();
+        // First as they are (one recovered, two queued), then after a
+        // sweep that quarantines what waited longer than a second.
+        for (ttl, sweep) in [(300, false), (1, true)] {
+            if sweep {
+                crate::session_dag::sweep(&store, ttl).unwrap();
+            }
+            for o in crate::session_dag::orphans(&store, ttl, store.now()).unwrap() {
+                let doc = serde_json::to_value(&o.receipt).unwrap();
+                let c = validate_document(&doc, None).unwrap();
+                assert!(c.valid(), "{:?}\n{doc:#}", c.violations);
+                states.push(o.receipt.session_resolution.state.clone());
+            }
+        }
+        for want in ["recovered", "quarantined", "queued"] {
+            assert!(
+                states.iter().any(|s| *s == want),
+                "no {want} receipt among {states:?}"
+            );
+        }
+    }
 }
