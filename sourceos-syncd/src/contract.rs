@@ -706,14 +706,11 @@ mod tests {
                 let doc = serde_json::to_value(&o.receipt).unwrap();
                 let c = validate_document(&doc, None).unwrap();
                 assert!(c.valid(), "{:?}\n{doc:#}", c.violations);
-                states.push(o.receipt.session_resolution.state.clone());
+                states.push(o.receipt.session_resolution.state);
             }
         }
         for want in ["recovered", "quarantined", "queued"] {
-            assert!(
-                states.iter().any(|s| *s == want),
-                "no {want} receipt among {states:?}"
-            );
+            assert!(states.contains(&want), "no {want} receipt among {states:?}");
         }
     }
 }
