@@ -187,7 +187,8 @@ pub enum SchemaCommand {
     List(ListArgs),
     /// Print one schema.
     Show(SchemaShowArgs),
-    /// Validate JSON files (one document each, or JSON Lines) against their
+    /// Validate JSON files (one document, an array of documents, or JSON
+    /// Lines each) against their
     /// schema and the SourceOS cross-field rules; a session claimed by two
     /// owners, or one id used by two documents, across all FILEs is
     /// refused too.
