@@ -230,6 +230,11 @@ fn an_orphan_is_recovered_when_a_matching_session_opens() {
         text.contains("recovered") && text.contains("into urn:srcos:session:real"),
         "{text}"
     );
+    // syncd's own validator agrees with the published schema.
+    let file = home.path().join("receipts.json");
+    std::fs::write(&file, home.run(&["orphans", "--json"]).stdout).unwrap();
+    let out = home.run(&["schema", "validate", file.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}{}", stdout(&out), stderr(&out));
 }
 
 #[test]

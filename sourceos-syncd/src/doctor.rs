@@ -16,6 +16,7 @@ use std::path::PathBuf;
 use serde::Serialize;
 
 use crate::event::{genesis, Envelope, EventDraft, Payload};
+use crate::evidence::{self, EvidenceRef, EvidenceState};
 use crate::ids::{ActorId, Digest, EventKind, Seq};
 use crate::projection::{
     self, builtin_named, key_hex, read_checkpoint, unframe, FreshState, CHECKPOINT_KEY,
@@ -46,6 +47,9 @@ pub enum Severity {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum FindingClass {
+    /// Nothing is damaged, but a person should look (a capability in
+    /// split-brain). Does not change the exit code.
+    Advisory,
     /// Derived state: `doctor --repair` rebuilds it from the log.
     Repairable,
     /// Durable state: a person must decide (restore, accept loss).
@@ -103,10 +107,14 @@ pub struct DoctorReport {
     pub events_checked: u64,
     /// Head sequence of the log.
     pub head_seq: u64,
-    /// Head hash of the log.
+    /// Head hash of the log (`blake3:` text in JSON, as everywhere else).
+    #[serde(serialize_with = "digest_text")]
     pub head_hash: Digest,
     /// Derived trees examined.
     pub trees_checked: Vec<String>,
+    /// Evidence files checked (every distinct `blake3:` reference in the
+    /// log, up to `MAX_EVIDENCE_CHECKED`).
+    pub evidence_checked: u64,
     /// Findings, durable damage first.
     pub findings: Vec<Finding>,
     /// Findings not listed individually (beyond the per-code bound).
@@ -130,6 +138,10 @@ impl DoctorReport {
             .iter()
             .any(|f| f.class == FindingClass::Repairable)
     }
+}
+
+fn digest_text<S: serde::Serializer>(d: &Digest, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(d)
 }
 
 /// Options of one doctor run.
@@ -551,10 +563,13 @@ pub fn doctor(
     let mut findings = Findings::new();
     let names = store.projection_names().map_err(DoctorError::Unusable)?;
     let mut fold = projection::FreshFold::new(&names, store.meta().genesis);
+    let mut evidence = EvidenceSeen::default();
     let scan = scan_log(store, &mut findings, progress, |env| {
+        evidence.note(env);
         fold.apply(env).map_err(|e| e.to_string())
     })?;
     check_meta(store, &mut findings);
+    let evidence_checked = check_evidence(store, &evidence, &mut findings);
     let fresh: BTreeMap<&'static str, FreshState> = if scan.sound {
         fold.finish()
             .map_err(|e| DoctorError::Unusable(e.to_string()))?
@@ -563,6 +578,19 @@ pub fn doctor(
     } else {
         BTreeMap::new()
     };
+    if let Some(f) = fresh.get(projection::ledger::NAME) {
+        for cap in projection::ledger::split_brain_in(&f.records) {
+            findings.add(
+                "capability.split_brain",
+                Severity::Warning,
+                FindingClass::Advisory,
+                "capabilities",
+                None,
+                Some(cap.clone()),
+                format!("{cap}: a plane reports it enabled while another rejects it; see `syncd capabilities`"),
+            );
+        }
+    }
     let mut damaged: BTreeSet<&'static str> = BTreeSet::new();
     let mut trees_checked = Vec::new();
     for name in &names {
@@ -589,6 +617,7 @@ pub fn doctor(
         head_seq: scan.head_seq,
         head_hash: scan.head_hash,
         trees_checked,
+        evidence_checked,
         findings: Vec::new(),
         findings_not_listed: findings.not_listed,
         repair: None,
@@ -605,6 +634,74 @@ pub fn doctor(
         report.repair = Some(repair(store, &report, fresh, &damaged, &unknown)?);
     }
     Ok(report)
+}
+
+/// Distinct evidence references checked per doctor run; the rest are
+/// counted as not checked.
+const MAX_EVIDENCE_CHECKED: usize = 100_000;
+
+/// Evidence references met while scanning the log, with the first event
+/// that made each.
+#[derive(Default)]
+struct EvidenceSeen {
+    refs: BTreeMap<EvidenceRef, u64>,
+    not_checked: u64,
+}
+
+impl EvidenceSeen {
+    fn note(&mut self, env: &Envelope) {
+        let Some(payload) = env.payload().as_map() else {
+            return;
+        };
+        for r in evidence::refs_in(payload) {
+            if self.refs.contains_key(&r) {
+                continue;
+            }
+            if self.refs.len() >= MAX_EVIDENCE_CHECKED {
+                self.not_checked += 1;
+            } else {
+                self.refs.insert(r, env.seq().get());
+            }
+        }
+    }
+}
+
+/// Checks every referenced evidence file. A missing, altered or unreadable
+/// file is durable damage: the log promises content that is not there.
+fn check_evidence(store: &Store, seen: &EvidenceSeen, findings: &mut Findings) -> u64 {
+    for (r, seq) in &seen.refs {
+        let (code, what) = match evidence::check(store.home(), r) {
+            EvidenceState::Present => continue,
+            EvidenceState::Missing => ("evidence.missing", "is missing".to_owned()),
+            EvidenceState::Altered { actual: Some(a) } => (
+                "evidence.altered",
+                format!("was altered (it hashes to {a})"),
+            ),
+            EvidenceState::Altered { actual: None } => (
+                "evidence.altered",
+                "was altered (it is larger than any evidence file)".to_owned(),
+            ),
+            EvidenceState::Unreadable { reason } => {
+                ("evidence.unreadable", format!("cannot be read: {reason}"))
+            }
+        };
+        findings.add(
+            code,
+            Severity::Critical,
+            FindingClass::NeedsReview,
+            evidence::EVIDENCE_DIR,
+            None,
+            Some(r.digest().to_hex()),
+            format!("evidence {r}, referenced by event {seq}, {what}"),
+        );
+    }
+    if seen.not_checked > 0 {
+        tracing::warn!(
+            not_checked = seen.not_checked,
+            "more evidence references than one doctor run checks"
+        );
+    }
+    seen.refs.len() as u64
 }
 
 fn repair(
@@ -711,23 +808,12 @@ fn write_report_file(
         repair: summary,
     })
     .map_err(|e| DoctorError::Unusable(e.to_string()))?;
-    let digest = Digest::of(&text);
-    let dir = store.home().join("evidence");
-    let path = dir.join(digest.to_hex());
-    let io = |source| DoctorError::ReportFile {
-        path: path.clone(),
-        source,
-    };
-    std::fs::create_dir_all(&dir).map_err(io)?;
-    let tmp = dir.join(format!(".{}.tmp", digest.to_hex()));
-    {
-        use std::io::Write;
-        let mut f = std::fs::File::create(&tmp).map_err(io)?;
-        f.write_all(&text).map_err(io)?;
-        f.sync_all().map_err(io)?;
-    }
-    std::fs::rename(&tmp, &path).map_err(io)?;
-    crate::storage::sync_dir(&dir)?;
+    let r = evidence::put(store.home(), &text).map_err(|e| match e {
+        evidence::EvidenceError::Io { path, source } => DoctorError::ReportFile { path, source },
+        other => DoctorError::Unusable(other.to_string()),
+    })?;
+    let digest = r.digest();
+    let path = r.path(store.home());
     Ok((path, digest))
 }
 
@@ -771,6 +857,7 @@ pub struct VerifyReport {
     /// Head sequence.
     pub head_seq: u64,
     /// Head hash: equal heads prove equal logs.
+    #[serde(serialize_with = "digest_text")]
     pub head_hash: Digest,
     /// Damage found (empty when the chain is intact).
     pub damage: Vec<Finding>,

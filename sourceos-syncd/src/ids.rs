@@ -51,7 +51,7 @@ pub enum InvalidValue {
     },
 }
 
-fn truncated(s: &str) -> String {
+pub(crate) fn truncated(s: &str) -> String {
     const SHOW_CHARS: usize = 64;
     if s.chars().count() <= SHOW_CHARS {
         s.to_owned()

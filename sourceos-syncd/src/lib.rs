@@ -7,10 +7,13 @@
 
 mod agent_txn;
 mod bundle;
+mod capability;
 mod clock;
 mod codec;
+mod contract;
 mod doctor;
 mod event;
+mod evidence;
 mod explain;
 mod gitstate;
 mod ids;
@@ -19,6 +22,7 @@ mod kinds;
 mod model;
 mod policy;
 mod projection;
+mod receipt;
 mod replication;
 mod session;
 mod session_dag;
@@ -34,10 +38,19 @@ pub use bundle::{
     export, import, restore, verify_bundle, BundleError, BundleManifest, ImportReport,
     BUNDLE_FORMAT, BUNDLE_MAGIC,
 };
+pub use capability::{
+    capabilities, split_brain_capabilities, CapabilityLedger, CapabilityRef, CapabilityState,
+    DeclaredState, EffectiveState, Plane, PolicyEffect, Report as PlaneReport, Verdict,
+    CAPABILITY_PREFIX, LEDGER_SPEC_VERSION,
+};
 pub use clock::{
     Clock, CountingIdGenerator, IdGenerator, SteppingClock, SystemClock, UuidV7Generator,
 };
 pub use codec::{DecodeError, EncodeError};
+pub use contract::{
+    choose as choose_schema, schema_info, validate_document, Checked, ContractError, SchemaInfo,
+    SetRules, Violation, MAX_SET_DOCUMENTS, MAX_VIOLATIONS, SCHEMAS,
+};
 pub use doctor::{
     damage, doctor, verify, DamageTarget, DoctorError, DoctorOptions, DoctorReport, Finding,
     FindingClass, RepairSummary, Severity, VerifyReport,
@@ -45,6 +58,11 @@ pub use doctor::{
 pub use event::{
     genesis, Envelope, EventDamage, EventDocument, EventDraft, OriginRef, Payload, SealError,
     GENESIS_DOMAIN, MAX_ENVELOPE_BYTES, MAX_PAYLOAD_BYTES,
+};
+pub use evidence::{
+    check as check_evidence, put as put_evidence, put_file as put_evidence_file,
+    read as read_evidence, EvidenceError, EvidenceRef, EvidenceState, Stored as StoredEvidence,
+    EVIDENCE_DIR, MAX_EVIDENCE_BYTES,
 };
 pub use explain::{
     conflicts, explain, objects, records, transaction, transactions, Blocker, ConflictView,
@@ -70,6 +88,12 @@ pub use projection::sessions::{
 };
 pub use projection::summary::SummaryView;
 pub use projection::{Checkpoint, ProjectionError, ProjectionHealth, ProjectionStatus};
+pub use receipt::{
+    automation_transition, install_transition, receipt, receipts, AutomationEvent,
+    AutomationRecord, AutomationState, InstallRecord, InstallState, InvalidReceiptTransition,
+    ReceiptState, AUTOMATION_ENDED, AUTOMATION_PREFIX, AUTOMATION_STARTED, INSTALL_PREFIX,
+    INSTALL_PROGRESSED, INSTALL_REQUESTED, RECEIPT_SPEC_VERSION,
+};
 pub use replication::{Release, ReleaseCache, ReleaseError, Withheld, MAX_CACHED_OBJECTS};
 pub use session::{
     transition as turn_transition, CorrelationKeys, InvalidTransition as InvalidTurnTransition,
@@ -82,7 +106,7 @@ pub use session_dag::{
 };
 pub use status::{
     status, Health, LogStatus, ProjectionState, SessionStatus, StatusDocument,
-    STATUS_SCHEMA_VERSION,
+    MAX_SPLIT_BRAIN_LISTED, STATUS_SCHEMA_VERSION,
 };
 pub use storage::{StorageError, StorageOptions, DERIVED_PREFIX, EVENTS_TREE, META_TREE};
 pub use store::{

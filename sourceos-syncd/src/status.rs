@@ -14,6 +14,9 @@ use crate::store::Store;
 /// Version of the status document's shape.
 pub const STATUS_SCHEMA_VERSION: u32 = 1;
 
+/// Split-brain capabilities named in the status document.
+pub const MAX_SPLIT_BRAIN_LISTED: usize = 16;
+
 /// Overall health, most severe first in the order they are decided.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -109,6 +112,10 @@ pub struct StatusDocument {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub write_blocked_reason: Option<String>,
     /// The log.
+    /// Capabilities that a plane reports enabled while another rejects
+    /// (at most [`MAX_SPLIT_BRAIN_LISTED`]); any makes the store degraded.
+    pub split_brain_capabilities: Vec<String>,
+    /// The log head.
     pub log: LogStatus,
     /// Distinct subjects, when the subject index is current.
     pub subject_count: Option<u64>,
@@ -164,7 +171,11 @@ pub fn status(store: &Store) -> Result<StatusDocument, String> {
             },
         );
     }
-    let degraded = write_blocked_reason.is_some();
+    // A damaged or lagging ledger is already `repair_needed`; its
+    // split-brain list is then unknown rather than an error.
+    let split_brain = crate::capability::split_brain_capabilities(store, MAX_SPLIT_BRAIN_LISTED)
+        .unwrap_or_default();
+    let degraded = write_blocked_reason.is_some() || !split_brain.is_empty();
     let conflict_count = counters.open_conflicts;
     let policy_blocked = counters.policy_blocked_objects > 0;
     let health = if repair_needed {
@@ -202,10 +213,13 @@ pub fn status(store: &Store) -> Result<StatusDocument, String> {
             "policy blocked: {} object(s) held by policy; see `syncd objects`",
             counters.policy_blocked_objects
         ),
-        _ => format!(
-            "degraded: {}",
-            write_blocked_reason.clone().unwrap_or_default()
-        ),
+        _ => match &write_blocked_reason {
+            Some(r) => format!("degraded: {r}"),
+            None => format!(
+                "degraded: capability split-brain ({}); see `syncd capabilities`",
+                split_brain.join(", ")
+            ),
+        },
     };
     // Status reads the session DAG only when it is current: a lagging or
     // damaged projection is already reported above, with its reason.
@@ -238,6 +252,7 @@ pub fn status(store: &Store) -> Result<StatusDocument, String> {
         object_count: counters.objects,
         repair_needed,
         write_blocked_reason,
+        split_brain_capabilities: split_brain,
         log: LogStatus {
             head_seq,
             head_hash: head_hash.to_string(),

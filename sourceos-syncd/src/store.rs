@@ -1172,6 +1172,14 @@ impl Store {
         };
         let verdict = registry::admit(state, draft)
             .map_err(|e| AppendError::DerivedDamaged(e.to_string()))?;
+        if verdict.is_err() {
+            return Ok(verdict);
+        }
+        let Some(state) = engine.staging(projection::ledger::NAME) else {
+            return Err(AppendError::DerivedDamaged("ledger unavailable".into()));
+        };
+        let verdict = projection::ledger::admit(state, draft)
+            .map_err(|e| AppendError::DerivedDamaged(e.to_string()))?;
         if verdict.is_err() || !projection::sessions::concerns(draft) {
             return Ok(verdict);
         }

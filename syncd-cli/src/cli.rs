@@ -109,6 +109,26 @@ pub enum Command {
     /// Exit 69 when no server is reachable (local work is unaffected), 65
     /// when a received message was refused or a gap could not be refilled.
     Sync(SyncArgs),
+    /// The JSON Schemas (draft 2020-12) of every document syncd reads or
+    /// writes: list them, print one, or validate files against them (exit
+    /// 65 when any document is invalid, each problem with its JSON path).
+    #[command(subcommand)]
+    Schema(SchemaCommand),
+    /// The evidence store (HOME/evidence/<blake3 hex>): content-addressed
+    /// files that events reference from `evidenceRefs` as blake3:<hex>.
+    /// `syncd doctor` checks every referenced file.
+    #[command(subcommand)]
+    Evidence(EvidenceCommand),
+    /// The capability ledger: per capability, which planes declared,
+    /// negotiated or rejected it and its effective state (enabled only when
+    /// every required plane agreed and policy allowed it); split-brain
+    /// (a plane says enabled while another rejects) is listed in
+    /// conflictRefs. --json prints CapabilityLedger documents.
+    Capabilities(ListArgs),
+    /// Receipts of browser automation sessions and runtime installs, as
+    /// SourceOS documents with --json; `syncd receipts revoke ID` ends an
+    /// active automation session.
+    Receipts(ReceiptsArgs),
 }
 
 /// `syncd sync`.
@@ -148,6 +168,22 @@ pub struct OrphansArgs {
     pub json: bool,
 }
 
+/// `syncd receipts`.
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct ReceiptsArgs {
+    /// Revoke instead of listing.
+    #[command(subcommand)]
+    pub action: Option<ReceiptsAction>,
+    /// Only this kind of receipt.
+    #[arg(long, value_enum, value_name = "K")]
+    pub kind: Option<ReceiptKind>,
+    /// Print BrowserAutomationReceipt / RuntimeInstallReceipt documents as
+    /// one JSON array.
+    #[arg(long)]
+    pub json: bool,
+}
+
 /// `syncd orphans` subcommands.
 #[derive(Debug, Subcommand)]
 pub enum OrphansCommand {
@@ -166,6 +202,96 @@ pub struct SweepArgs {
     #[arg(long, value_name = "SECONDS")]
     pub ttl: Option<u64>,
     /// Print the sweep report as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Kinds of receipt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ReceiptKind {
+    /// Browser automation sessions.
+    BrowserAutomation,
+    /// Runtime installs.
+    RuntimeInstall,
+}
+
+/// `syncd receipts revoke`.
+#[derive(Debug, Subcommand)]
+pub enum ReceiptsAction {
+    /// End an active browser automation session as revoked (terminal).
+    /// Exit 65 when the receipt is unknown or no longer active.
+    Revoke(RevokeArgs),
+}
+
+/// `syncd receipts revoke ID`.
+#[derive(Debug, Args)]
+pub struct RevokeArgs {
+    /// The receipt id (urn:srcos:receipt:browser-automation:...).
+    pub id: String,
+    /// Why it is revoked.
+    #[arg(long, default_value = "revoked by the user", value_name = "TEXT")]
+    pub reason: String,
+    /// Who revokes it.
+    #[arg(long, default_value = "actor:local-user", value_name = "ACTOR")]
+    pub actor: String,
+    /// The policy decision under which it is revoked [default: the one
+    /// the session started under].
+    #[arg(long, value_name = "REF")]
+    pub policy_decision: Option<String>,
+}
+
+/// `syncd evidence`.
+#[derive(Debug, Subcommand)]
+pub enum EvidenceCommand {
+    /// Store a file (at most 64 MiB) and print its reference; storing the
+    /// same content again writes nothing. Exit 65 when the file cannot be
+    /// read or is too large.
+    Add(EvidenceAddArgs),
+}
+
+/// `syncd evidence add`.
+#[derive(Debug, Args)]
+pub struct EvidenceAddArgs {
+    /// The file to store.
+    pub file: PathBuf,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `syncd schema`.
+#[derive(Debug, Subcommand)]
+pub enum SchemaCommand {
+    /// List the embedded schemas.
+    List(ListArgs),
+    /// Print one schema.
+    Show(SchemaShowArgs),
+    /// Validate JSON files (one document, an array of documents, or JSON
+    /// Lines each) against their
+    /// schema and the SourceOS cross-field rules; a session claimed by two
+    /// owners, or one id used by two documents, across all FILEs is
+    /// refused too.
+    Validate(SchemaValidateArgs),
+}
+
+/// `syncd schema show`.
+#[derive(Debug, Args)]
+pub struct SchemaShowArgs {
+    /// The schema's name (see `syncd schema list`).
+    pub name: String,
+}
+
+/// `syncd schema validate`.
+#[derive(Debug, Args)]
+pub struct SchemaValidateArgs {
+    /// The files to check.
+    #[arg(required = true, value_name = "FILE")]
+    pub files: Vec<PathBuf>,
+    /// Check against this schema [default: the SourceOS record named by
+    /// each document's `type`].
+    #[arg(long, value_name = "NAME")]
+    pub schema: Option<String>,
+    /// Print the results as JSON.
     #[arg(long)]
     pub json: bool,
 }

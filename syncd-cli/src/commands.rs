@@ -65,6 +65,10 @@ pub fn run(cli: &Cli, home: &Path) -> Result<u8, Failure> {
         Command::Session(a) => crate::cmd_session::session(cli, home, a),
         Command::Orphans(a) => crate::cmd_session::orphans(cli, home, a),
         Command::Sync(a) => crate::cmd_sync::sync(cli, home, a),
+        Command::Schema(c) => crate::cmd_schema::schema(c),
+        Command::Evidence(crate::cli::EvidenceCommand::Add(a)) => evidence_add(home, a),
+        Command::Capabilities(a) => crate::cmd_ledger::capabilities(cli, home, a),
+        Command::Receipts(a) => crate::cmd_ledger::receipts(cli, home, a),
     };
     match result {
         // A closed stdout is reported as a failure with code 0 and no text.
@@ -402,6 +406,7 @@ fn render_doctor(
             let class = match f.class {
                 core::FindingClass::Repairable => "repairable",
                 core::FindingClass::NeedsReview => "needs_review",
+                core::FindingClass::Advisory => "advisory",
             };
             out.line(&format!("  {sev:<8} {class:<12} {}  {}", f.id, f.message))?;
         }
@@ -910,4 +915,36 @@ fn txn_inner(store: &core::Store, t: &TxnCommand) -> Result<u8, Failure> {
             message: reason,
         }),
     }
+}
+
+fn evidence_add(home: &Path, a: &crate::cli::EvidenceAddArgs) -> Result<u8, Failure> {
+    // Evidence belongs to a store: refuse a home without one rather than
+    // create a stray directory.
+    if !core::db_dir(home).join("conf").is_file() {
+        return Err(Failure {
+            code: exit::STORE,
+            message: format!("no store at {}: run `syncd init` first", home.display()),
+        });
+    }
+    let stored = core::put_evidence_file(home, &a.file).map_err(|e| Failure {
+        code: match e {
+            core::EvidenceError::Sync(_) => exit::STORE,
+            _ => exit::DATA,
+        },
+        message: crate::chain(&e),
+    })?;
+    let mut out = Out::new();
+    let r = stored.reference;
+    if a.json {
+        out.json(&serde_json::json!({
+            "evidence_ref": r.to_string(),
+            "path": r.path(home),
+            "size_bytes": stored.size_bytes,
+            "sha256": stored.sha256,
+        }))?;
+    } else {
+        out.line(&r.to_string())?;
+    }
+    out.flush()?;
+    Ok(exit::OK)
 }

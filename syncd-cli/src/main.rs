@@ -4,6 +4,8 @@
 
 mod cli;
 mod cmd_git;
+mod cmd_ledger;
+mod cmd_schema;
 mod cmd_session;
 mod cmd_sync;
 mod cmd_track;
