@@ -26,6 +26,8 @@ struct Nats {
     child: Option<Child>,
     port: u16,
     dir: PathBuf,
+    /// Extra arguments (cluster settings).
+    args: Vec<String>,
     _tmp: tempfile::TempDir,
 }
 
@@ -61,13 +63,57 @@ impl Nats {
             child: None,
             port: free_port(),
             dir,
+            args: Vec::new(),
             _tmp: tmp,
         };
         n.spawn();
         n
     }
 
+    /// Three servers clustered with JetStream, each knowing the others.
+    fn cluster() -> Vec<Nats> {
+        let ports: Vec<(u16, u16)> = (0..3).map(|_| (free_port(), free_port())).collect();
+        let mut nodes = Vec::new();
+        for (i, (client, route)) in ports.iter().enumerate() {
+            let routes: Vec<String> = ports
+                .iter()
+                .filter(|(_, r)| r != route)
+                .map(|(_, r)| format!("nats://127.0.0.1:{r}"))
+                .collect();
+            let tmp = tempfile::tempdir().unwrap();
+            nodes.push(Nats {
+                child: None,
+                port: *client,
+                dir: tmp.path().to_path_buf(),
+                args: vec![
+                    "-n".into(),
+                    format!("n{i}"),
+                    "--cluster_name".into(),
+                    "syncd-test".into(),
+                    "--cluster".into(),
+                    format!("nats://127.0.0.1:{route}"),
+                    "--routes".into(),
+                    routes.join(","),
+                ],
+                _tmp: tmp,
+            });
+        }
+        // Started together, then each waited for.
+        for n in &mut nodes {
+            n.launch();
+        }
+        for n in &nodes {
+            n.wait_ready();
+        }
+        nodes
+    }
+
     fn spawn(&mut self) {
+        self.launch();
+        self.wait_ready();
+    }
+
+    fn launch(&mut self) {
         let log = self.dir.join("server.log");
         let _ = std::fs::remove_file(&log);
         let child = Command::new(nats_server())
@@ -82,6 +128,7 @@ impl Nats {
             .arg(self.dir.join("store"))
             .arg("-l")
             .arg(&log)
+            .args(&self.args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -89,6 +136,10 @@ impl Nats {
                 panic!("nats-server must be installed (scripts/test installs it): {e}")
             });
         self.child = Some(child);
+    }
+
+    fn wait_ready(&self) {
+        let log = self.dir.join("server.log");
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             let text = std::fs::read_to_string(&log).unwrap_or_default();
@@ -508,4 +559,62 @@ fn bad_configuration_and_arguments_are_clear_errors() {
     let out = a.run(&["sync"]);
     assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
     assert!(stderr(&out).contains("stream_replicas"), "{}", stderr(&out));
+}
+
+/// Runs `syncd sync` until it succeeds (a cluster settling, a server
+/// failing over), at most `tries` times; returns the last report.
+fn sync_until_ok(home: &Home, tries: u32) -> Value {
+    let mut last = String::new();
+    for _ in 0..tries {
+        let out = home.run(&["sync", "--json"]);
+        if out.status.code() == Some(0) {
+            return serde_json::from_slice(&out.stdout).unwrap();
+        }
+        last = format!("{:?}: {}{}", out.status.code(), stdout(&out), stderr(&out));
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    panic!("sync did not succeed: {last}");
+}
+
+#[test]
+fn a_three_node_cluster_with_r3_loses_nothing_when_a_server_dies_mid_burst() {
+    let mut cluster = Nats::cluster();
+    let servers: Vec<String> = cluster.iter().map(|n| format!("\"{}\"", n.url())).collect();
+    let config = format!(
+        "[replication]\nenabled = true\nservers = [{}]\nstream_replicas = 3\n",
+        servers.join(", ")
+    );
+    let (a, b) = (device("a"), device("b"));
+    for h in [&a, &b] {
+        std::fs::write(h.path().join("config.toml"), &config).unwrap();
+    }
+    // The first pass creates the R3 stream once the cluster has a leader.
+    ingest_ok(&a, &notes("warm", 1));
+    sync_until_ok(&a, 40);
+
+    for batch in 0..3 {
+        ingest_ok(&a, &notes(&format!("burst{batch}"), 1_000));
+    }
+    let expected = a.head();
+    let mut publishing = a
+        .cmd(&["sync", "--publish-only"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(150));
+    cluster[1].kill();
+    let _ = publishing.wait();
+    // Whatever that pass managed, the next ones resume from what the
+    // stream holds, through the surviving servers.
+    let report = sync_until_ok(&a, 20);
+    assert_eq!(report["published"]["confirmed_seq"], expected, "{report:#}");
+
+    sync_until_ok(&b, 20);
+    let report = sync_until_ok(&b, 20);
+    let peer = &report["peers"][0];
+    assert_eq!(peer["applied_through"], expected, "{report:#}");
+    assert_eq!(peer["lag"], 0, "{report:#}");
+    assert_eq!(projections(&a), projections(&b));
+    assert_eq!(b.head(), expected);
 }

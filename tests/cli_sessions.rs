@@ -234,7 +234,13 @@ fn an_orphan_is_recovered_when_a_matching_session_opens() {
     let file = home.path().join("receipts.json");
     std::fs::write(&file, home.run(&["orphans", "--json"]).stdout).unwrap();
     let out = home.run(&["schema", "validate", file.to_str().unwrap()]);
-    assert_eq!(out.status.code(), Some(0), "{}{}", stdout(&out), stderr(&out));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}{}",
+        stdout(&out),
+        stderr(&out)
+    );
 }
 
 #[test]

@@ -11,11 +11,12 @@ use std::collections::HashMap;
 
 use crate::event::{Envelope, EventDraft};
 use crate::explain::explain;
+use crate::ids::Seq;
 use crate::ids::{IdempotencyKey, InvalidValue};
 use crate::model::Effect;
 use crate::policy::{Action, PolicyRequest};
 use crate::projection::ProjectionError;
-use crate::store::{AppendError, AppendOutcome, Store};
+use crate::store::{AppendError, AppendOutcome, ReadError, Store};
 
 /// Objects whose release verdict one [`ReleaseCache`] remembers; the cache
 /// is emptied when full (a publisher run sees few distinct objects).
@@ -96,9 +97,12 @@ pub enum ReleaseError {
 /// The object an event concerns, for the kinds that name one.
 fn object_of(env: &Envelope) -> Option<String> {
     let kind = env.kind().as_str();
-    let map = env.payload().as_map()?;
+    // The kind first: most events name no object, and their payload is
+    // then never parsed.
     if kind.starts_with("object.") || kind == "policy.decided" || kind == "conflict.resolved" {
-        return map
+        return env
+            .payload()
+            .as_map()?
             .get("object_id")
             .and_then(serde_json::Value::as_str)
             .map(str::to_owned);
@@ -192,6 +196,29 @@ impl Release {
 }
 
 impl Store {
+    /// Events from `from` on, verified, each with its exact stored bytes
+    /// (what replication sends; no re-encoding), at most `limit`.
+    pub fn range_with_bytes(
+        &self,
+        from: Seq,
+        limit: usize,
+    ) -> Result<Vec<(Envelope, Vec<u8>)>, ReadError> {
+        let mut out = Vec::new();
+        for item in self.scan_raw(from) {
+            if out.len() >= limit {
+                break;
+            }
+            let (k, v) = item?;
+            let seq = Seq::from_key(&k).map_err(ReadError::BadKey)?;
+            let env = Envelope::verify(&v).map_err(|damage| ReadError::Damaged {
+                seq: seq.get(),
+                damage,
+            })?;
+            out.push((env, v));
+        }
+        Ok(out)
+    }
+
     /// Appends events received from peers, each keeping its origin device,
     /// sequence and hash. An event already here (same origin slot, same
     /// hash) is a `Duplicate`; one whose origin slot holds a different

@@ -19,5 +19,5 @@ pub mod wire;
 pub use config::{ConfigError, ReplicationConfig};
 pub use replicator::{
     PeerReport, PublishReport, Refusal, ReplicationError, Replicator, FETCH_BATCH, MAX_IN_FLIGHT,
-    MAX_PEERS, MAX_RECEIVE_PER_PEER, MAX_REFILL_LOOKUPS, PUBLISH_CHUNK_EVENTS,
+    MAX_PEERS, MAX_PENDING, MAX_RECEIVE_PER_PEER, MAX_REFILL_LOOKUPS, PUBLISH_CHUNK_EVENTS,
 };

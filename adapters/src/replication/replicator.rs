@@ -24,12 +24,14 @@ use sourceos_syncd::{self as core, AppendOutcome, Digest, Release, ReleaseCache,
 use super::config::ReplicationConfig;
 use super::wire::{self, FrameError, Position};
 
+/// Verified positions made durable together (one group commit).
+pub const MAX_PENDING: usize = 1_024;
 /// Events read from the local log per step of publishing.
 pub const PUBLISH_CHUNK_EVENTS: usize = 256;
 /// Publications awaiting their acknowledgement at most.
 pub const MAX_IN_FLIGHT: usize = 256;
 /// Messages fetched from a consumer per request.
-pub const FETCH_BATCH: usize = 256;
+pub const FETCH_BATCH: usize = 1_024;
 /// Positions one call to [`Replicator::receive`] applies per peer at most.
 pub const MAX_RECEIVE_PER_PEER: usize = 100_000;
 /// Stream messages examined when refilling a gap.
@@ -284,12 +286,12 @@ impl Replicator {
         while next <= head {
             let chunk = self
                 .store
-                .range(Seq::new(next).map_err(store_err)?, PUBLISH_CHUNK_EVENTS)
+                .range_with_bytes(Seq::new(next).map_err(store_err)?, PUBLISH_CHUNK_EVENTS)
                 .map_err(store_err)?;
             if chunk.is_empty() {
                 break;
             }
-            for env in chunk {
+            for (env, stored) in chunk {
                 let release = Release::of(&self.store, &env, &mut cache).map_err(store_err)?;
                 let withheld = match release {
                     Release::Send => None,
@@ -304,7 +306,7 @@ impl Replicator {
                 let body = match withheld {
                     None => {
                         report.events += 1;
-                        env.stored_bytes().map_err(store_err)?
+                        stored
                     }
                     Some(w) => {
                         *report.withheld.entry(w.as_str().to_owned()).or_default() += 1;
@@ -416,7 +418,7 @@ impl Replicator {
             .map_err(js("consumer info"))?
             .ack_floor
             .stream_sequence;
-        let mut anchor = if floor == 0 {
+        let anchor = if floor == 0 {
             Anchor {
                 seq: 0,
                 hash: core::genesis(),
@@ -438,6 +440,7 @@ impl Replicator {
             ..PeerReport::default()
         };
         let mut applied = 0usize;
+        let mut pending = Pending::new(anchor);
         'fetch: while applied < MAX_RECEIVE_PER_PEER {
             let mut batch = consumer
                 .fetch()
@@ -447,14 +450,6 @@ impl Replicator {
                 .await
                 .map_err(js("fetch"))?;
             let mut got = 0usize;
-            // With `AckPolicy::All`, acknowledging a message acknowledges
-            // every one delivered before it. Only a message whose position
-            // was just applied is acknowledged (once per batch, awaiting the
-            // server's confirmation), so the consumer's ack floor is always
-            // an applied position: the anchor after a restart. Refused
-            // messages and copies are acknowledged with the next applied
-            // one; until then they are delivered, and reported, again.
-            let mut handled: Option<jetstream::Message> = None;
             while let Some(msg) = batch.next().await {
                 let msg = msg.map_err(js("fetch"))?;
                 got += 1;
@@ -475,59 +470,63 @@ impl Replicator {
                         continue;
                     }
                 };
-                if position.seq == anchor.seq && position.hash != anchor.hash {
+                let tip = pending.tip();
+                if position.seq == tip.seq && position.hash != tip.hash {
                     let reason = format!(
                         "position {} arrives with hash {} but {} was applied there: forked history",
-                        position.seq, position.hash, anchor.hash
+                        position.seq, position.hash, tip.hash
                     );
                     Self::refuse(stream_seq, Some(position.seq), reason, &mut report);
                     continue;
                 }
-                if position.seq <= anchor.seq {
+                if position.seq <= tip.seq {
                     // Already applied (a redelivery, or a copy refilled
                     // earlier): acknowledged with the next applied one.
                     continue;
                 }
-                if position.seq > anchor.seq + 1 {
-                    match self
-                        .refill(
-                            &subject,
-                            peer,
-                            stream_seq,
-                            anchor,
-                            position.seq,
-                            &mut report,
-                        )
-                        .await?
-                    {
-                        Some(a) => anchor = a,
-                        None => {
-                            report.missing = Some(anchor.seq + 1);
-                            confirm(handled.take()).await?;
-                            break 'fetch;
+                if position.seq > tip.seq + 1 {
+                    let Some(found) = self.refill(&subject, stream_seq, tip, position.seq).await?
+                    else {
+                        report.missing = Some(tip.seq + 1);
+                        break 'fetch;
+                    };
+                    for (p, bytes) in found {
+                        match Self::verify_next(peer, &p, &bytes, pending.tip()) {
+                            Ok(env) => {
+                                report.refilled += 1;
+                                pending.push(&p, env, None);
+                            }
+                            Err(reason) => {
+                                Self::refuse(0, Some(p.seq), reason, &mut report);
+                                report.missing = Some(p.seq);
+                                break 'fetch;
+                            }
                         }
                     }
                 }
-                match self
-                    .apply(peer, &position, &msg.message.payload, anchor, &mut report)
-                    .await?
-                {
-                    Ok(a) => {
-                        anchor = a;
-                        applied += 1;
-                        handled = Some(msg);
-                    }
+                match Self::verify_next(peer, &position, &msg.message.payload, pending.tip()) {
+                    Ok(env) => pending.push(&position, env, Some(msg)),
                     Err(reason) => {
                         Self::refuse(stream_seq, Some(position.seq), reason, &mut report);
                     }
                 }
+                if pending.len() >= MAX_PENDING {
+                    let (n, stopped) = self.flush(&mut pending, &mut report).await?;
+                    applied += n;
+                    if stopped {
+                        break 'fetch;
+                    }
+                }
             }
-            confirm(handled.take()).await?;
-            if got == 0 {
+            let (n, stopped) = self.flush(&mut pending, &mut report).await?;
+            applied += n;
+            if stopped || got == 0 {
                 break;
             }
         }
-        report.applied_through = anchor.seq;
+        // Whatever was verified before stopping is made durable too.
+        let (_, _) = self.flush(&mut pending, &mut report).await?;
+        report.applied_through = pending.tip().seq;
         report.stream_head = self.stream_head(peer).await?.map_or(0, |p| p.seq);
         report.lag = report.stream_head.saturating_sub(report.applied_through);
         Ok(report)
@@ -542,64 +541,104 @@ impl Replicator {
         });
     }
 
-    /// Verifies one position against the anchor and makes it durable here.
-    /// `Err` is a refusal (nothing was appended).
-    async fn apply(
-        &self,
+    /// Verifies the position after `anchor`: it must link to it, and an
+    /// event's bytes must verify. `Ok(None)` for a stub; `Err` is the
+    /// reason for refusing it.
+    fn verify_next(
         peer: &str,
         p: &Position,
         payload: &[u8],
         anchor: Anchor,
-        report: &mut PeerReport,
-    ) -> Result<Result<Anchor, String>, ReplicationError> {
+    ) -> Result<Option<core::Envelope>, String> {
         if p.seq != anchor.seq + 1 || p.prev != anchor.hash {
-            return Ok(Err(format!(
+            return Err(format!(
                 "position {} claims to follow {} but the chain is at {} ({}): broken or forged chain",
                 p.seq, p.prev, anchor.seq, anchor.hash
-            )));
+            ));
         }
-        let env = match wire::verify_event(p, peer, payload) {
-            Ok(e) => e,
-            Err(e) => return Ok(Err(e.to_string())),
-        };
-        let Some(env) = env else {
-            report.stubs += 1;
-            return Ok(Ok(Anchor {
-                seq: p.seq,
-                hash: p.hash,
-            }));
-        };
-        let outcome = self
+        wire::verify_event(p, peer, payload).map_err(|e| e.to_string())
+    }
+
+    /// Makes the pending positions durable here in one group commit, then
+    /// acknowledges the last message among them (and with it every one
+    /// before). An event the store refuses (its origin slot holds another
+    /// hash) stops the chain there: what follows it stays pending on the
+    /// server. Returns the positions applied and whether it stopped.
+    async fn flush(
+        &self,
+        pending: &mut Pending,
+        report: &mut PeerReport,
+    ) -> Result<(usize, bool), ReplicationError> {
+        if pending.items.is_empty() {
+            return Ok((0, false));
+        }
+        let items = std::mem::take(&mut pending.items);
+        let mut envelopes = Vec::new();
+        for item in &items {
+            if let Some(env) = &item.env {
+                envelopes.push(env.clone());
+            }
+        }
+        let mut outcomes = self
             .store
-            .append_replicated(vec![env])
+            .append_replicated(envelopes)
             .map_err(store_err)?
-            .into_iter()
-            .next();
-        match outcome {
-            Some(AppendOutcome::Appended { .. }) => report.appended += 1,
-            Some(AppendOutcome::Duplicate { .. }) => report.duplicates += 1,
-            Some(AppendOutcome::Rejected { reason })
-            | Some(AppendOutcome::PolicyBlocked { reason, .. }) => return Ok(Err(reason)),
-            None => return Err(ReplicationError::Store("no outcome for an append".into())),
+            .into_iter();
+        let mut applied = 0usize;
+        let mut last_msg: Option<jetstream::Message> = None;
+        let mut stopped = false;
+        for item in items {
+            if stopped {
+                break;
+            }
+            if item.env.is_some() {
+                match outcomes.next() {
+                    Some(AppendOutcome::Appended { .. }) => report.appended += 1,
+                    Some(AppendOutcome::Duplicate { .. }) => report.duplicates += 1,
+                    Some(AppendOutcome::Rejected { reason })
+                    | Some(AppendOutcome::PolicyBlocked { reason, .. }) => {
+                        Self::refuse(item.stream_seq, Some(item.at.seq), reason, report);
+                        stopped = true;
+                        continue;
+                    }
+                    None => {
+                        return Err(ReplicationError::Store(
+                            "fewer outcomes than events appended".into(),
+                        ))
+                    }
+                }
+            } else {
+                report.stubs += 1;
+            }
+            applied += 1;
+            pending.durable = item.at;
+            if item.msg.is_some() {
+                last_msg = item.msg;
+            }
         }
-        Ok(Ok(Anchor {
-            seq: p.seq,
-            hash: p.hash,
-        }))
+        // With `AckPolicy::All`, acknowledging a message acknowledges every
+        // one delivered before it. Only a message whose position is durable
+        // here is acknowledged (awaiting the server's confirmation), so the
+        // consumer's ack floor is always an applied position: the anchor
+        // after a restart. Refused messages and copies are acknowledged
+        // with the next applied one; until then they are delivered, and
+        // reported, again.
+        if let Some(m) = last_msg {
+            m.double_ack().await.map_err(js("ack"))?;
+        }
+        Ok((applied, stopped))
     }
 
     /// Looks ahead in the stream, after `from_stream_seq`, for the
-    /// positions between the anchor and `until` (exclusive), applying each
-    /// in order. Returns the new anchor, or `None` when one is missing.
+    /// positions between the anchor and `until` (exclusive). Returns them
+    /// in order, or `None` when one is missing.
     async fn refill(
         &self,
         subject: &str,
-        peer: &str,
         from_stream_seq: u64,
-        mut anchor: Anchor,
+        anchor: Anchor,
         until: u64,
-        report: &mut PeerReport,
-    ) -> Result<Option<Anchor>, ReplicationError> {
+    ) -> Result<Option<Vec<(Position, Vec<u8>)>>, ReplicationError> {
         let mut found: BTreeMap<u64, (Position, Vec<u8>)> = BTreeMap::new();
         let mut cursor = from_stream_seq + 1;
         for _ in 0..MAX_REFILL_LOOKUPS {
@@ -621,36 +660,63 @@ impl Replicator {
                 break;
             }
         }
+        let mut out = Vec::new();
         for s in anchor.seq + 1..until {
-            let Some((p, bytes)) = found.remove(&s) else {
-                return Ok(None);
-            };
-            match self.apply(peer, &p, &bytes, anchor, report).await? {
-                Ok(a) => {
-                    anchor = a;
-                    report.refilled += 1;
-                }
-                Err(reason) => {
-                    report.refused.push(Refusal {
-                        stream_seq: 0,
-                        seq: Some(s),
-                        reason,
-                    });
-                    return Ok(None);
-                }
+            match found.remove(&s) {
+                Some(x) => out.push(x),
+                None => return Ok(None),
             }
         }
-        Ok(Some(anchor))
+        Ok(Some(out))
     }
 }
 
-/// Acknowledges (with everything before it) the last message handled, and
-/// waits for the server to confirm it, so that a restart resumes after it.
-async fn confirm(msg: Option<jetstream::Message>) -> Result<(), ReplicationError> {
-    if let Some(m) = msg {
-        m.double_ack().await.map_err(js("ack"))?;
+/// A verified position waiting to be made durable.
+struct PendingItem {
+    at: Anchor,
+    env: Option<core::Envelope>,
+    msg: Option<jetstream::Message>,
+    stream_seq: u64,
+}
+
+/// Verified positions not yet durable here, in chain order.
+struct Pending {
+    durable: Anchor,
+    items: Vec<PendingItem>,
+}
+
+impl Pending {
+    fn new(durable: Anchor) -> Self {
+        Self {
+            durable,
+            items: Vec::with_capacity(MAX_PENDING),
+        }
     }
-    Ok(())
+
+    /// The position the next one must follow.
+    fn tip(&self) -> Anchor {
+        self.items.last().map_or(self.durable, |i| i.at)
+    }
+
+    fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    fn push(&mut self, p: &Position, env: Option<core::Envelope>, msg: Option<jetstream::Message>) {
+        let stream_seq = msg
+            .as_ref()
+            .and_then(|m| m.info().ok())
+            .map_or(0, |i| i.stream_sequence);
+        self.items.push(PendingItem {
+            at: Anchor {
+                seq: p.seq,
+                hash: p.hash,
+            },
+            env,
+            msg,
+            stream_seq,
+        });
+    }
 }
 
 fn position_of(h: &async_nats::HeaderMap) -> Result<Position, FrameError> {

@@ -158,10 +158,11 @@ pub fn read_position<'a>(
 
 /// The headers of a position, as (name, value) pairs.
 pub fn headers(p: &Position) -> Vec<(&'static str, String)> {
+    let hash = p.hash.to_string();
     let mut h = vec![
-        (MSG_ID, p.hash.to_string()),
+        (MSG_ID, hash.clone()),
         (SEQ, p.seq.to_string()),
-        (HASH, p.hash.to_string()),
+        (HASH, hash),
         (PREV, p.prev.to_string()),
     ];
     if let Some(w) = p.withheld {
