@@ -363,6 +363,7 @@ fn offline_work_continues_and_catches_up_after_reconnecting_and_restarts() {
     let mut nats = Nats::start();
     let (a, b) = (device("a"), device("b"));
     ingest_ok(&a, &notes("a", 10));
+    ingest_ok(&b, &notes("b", 1));
     converge(&[&a, &b], &nats);
 
     // The server goes away: syncing says so quickly and changes nothing;
@@ -380,22 +381,49 @@ fn offline_work_continues_and_catches_up_after_reconnecting_and_restarts() {
     assert!(started.elapsed() < Duration::from_secs(15));
     assert_eq!(a.head(), head);
     ingest_ok(&a, &notes("a-offline", 20));
-    assert_eq!(a.status_json()["health"], "clean");
+    // Status panes see offline operation until a pass reaches a server.
+    let s = a.status_json();
+    assert_eq!(s["health"], "offline_local_only", "{s:#}");
+    assert_eq!(s["replication"]["reached_server"], false);
+    let peers = json_of(&a, &["peers", "--json"]);
+    assert_eq!(peers["reached_server"], false, "{peers:#}");
+    assert_eq!(peers["peers"][0]["device"], "device:b");
 
     // The server comes back (same store): A publishes what it wrote
     // offline, B resumes from its consumer's position.
     nats.spawn();
     let published = sync_ok(&a, &nats);
-    assert_eq!(
-        published["published"]["from_seq"],
-        head + 1,
-        "{published:#}"
-    );
+    // Position `head` is B's event, received after A last published: its
+    // stub goes out now, with what A wrote offline.
+    assert_eq!(published["published"]["from_seq"], head, "{published:#}");
+    assert_eq!(published["published"]["confirmed_seq"], head + 20);
     let report = sync_ok(&b, &nats);
     let peer = &report["peers"][0];
     assert_eq!(peer["appended"], 20, "{report:#}");
     assert_eq!(peer["duplicates"], 0, "{report:#}");
     assert_eq!(projections(&a), projections(&b));
+    assert_eq!(a.status_json()["health"], "clean");
+    let peers = json_of(&b, &["peers", "--json"]);
+    let p = &peers["peers"][0];
+    assert_eq!(p["device"], "device:a", "{peers:#}");
+    assert_eq!(p["lag"], 0);
+    assert_eq!(p["stale"], false);
+    assert!(p["last_confirmed_at"].is_string() && p["last_received_at"].is_string());
+
+    // Not confirmed in sync for longer than configured: stale.
+    std::fs::write(
+        b.path().join("config.toml"),
+        "[replication]\nstale_after_seconds = 1\n",
+    )
+    .unwrap();
+    sync_ok(&b, &nats);
+    nats.kill();
+    std::thread::sleep(Duration::from_millis(1_200));
+    let peers = json_of(&b, &["peers", "--json"]);
+    assert_eq!(peers["peers"][0]["stale"], true, "{peers:#}");
+    assert_eq!(b.status_json()["replication"]["stale_peers"], 1);
+    let text = stdout(&b.run(&["peers"]));
+    assert!(text.contains("STALE"), "{text}");
 }
 
 /// A message's headers and body.

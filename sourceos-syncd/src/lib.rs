@@ -94,7 +94,10 @@ pub use receipt::{
     ReceiptState, AUTOMATION_ENDED, AUTOMATION_PREFIX, AUTOMATION_STARTED, INSTALL_PREFIX,
     INSTALL_PROGRESSED, INSTALL_REQUESTED, RECEIPT_SPEC_VERSION,
 };
-pub use replication::{Release, ReleaseCache, ReleaseError, Withheld, MAX_CACHED_OBJECTS};
+pub use replication::{
+    PeerState, PeersFile, PeersFileError, Release, ReleaseCache, ReleaseError, Withheld,
+    MAX_CACHED_OBJECTS, MAX_PEERS_KEPT, PEERS_FILE,
+};
 pub use session::{
     transition as turn_transition, CorrelationKeys, InvalidTransition as InvalidTurnTransition,
     QuarantinePayload, TurnEvent, TurnState, MAX_CANDIDATES, ORPHAN_SWEEPER_ACTOR,
@@ -105,7 +108,7 @@ pub use session_dag::{
     CONFIG_FILE, DEFAULT_ORPHAN_TTL_SECONDS, MAX_ORPHAN_TTL_SECONDS, ORPHAN_RECEIPT_SPEC_VERSION,
 };
 pub use status::{
-    status, Health, LogStatus, ProjectionState, SessionStatus, StatusDocument,
+    status, Health, LogStatus, ProjectionState, ReplicationStatus, SessionStatus, StatusDocument,
     MAX_SPLIT_BRAIN_LISTED, STATUS_SCHEMA_VERSION,
 };
 pub use storage::{StorageError, StorageOptions, DERIVED_PREFIX, EVENTS_TREE, META_TREE};

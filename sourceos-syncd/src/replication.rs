@@ -231,3 +231,145 @@ impl Store {
         self.append_foreign(events)
     }
 }
+
+/// Where the replicator keeps what it last observed of each peer, under
+/// the home: transport observations, not state (deleting the file loses
+/// only the "last confirmed" times, which the next pass sets again).
+pub const PEERS_FILE: &str = "replication/peers.json";
+/// Peers kept in the file at most.
+pub const MAX_PEERS_KEPT: usize = 256;
+/// Largest peers file read, in bytes.
+const MAX_PEERS_FILE_BYTES: u64 = 1 << 20;
+
+/// What the last replication passes observed of one peer.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PeerState {
+    /// The peer device.
+    pub device: String,
+    /// Positions of its log verified and applied here.
+    pub applied_through: u64,
+    /// Its last position in the stream at the last pass.
+    pub stream_head: u64,
+    /// `stream_head - applied_through` at the last pass.
+    pub lag: u64,
+    /// When a pass last reached it (RFC 3339).
+    pub last_sync_at: String,
+    /// When a pass last ended with nothing of it left to apply.
+    pub last_confirmed_at: Option<String>,
+    /// When a pass last appended one of its events.
+    pub last_received_at: Option<String>,
+    /// Messages refused from it, in all passes.
+    pub refused_total: u64,
+    /// A position missing from its chain at the last pass.
+    pub missing: Option<u64>,
+}
+
+/// The peers file.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PeersFile {
+    /// When the last pass was attempted (RFC 3339).
+    pub last_attempt_at: Option<String>,
+    /// Whether it reached a server.
+    pub last_attempt_reached_server: bool,
+    /// Why it failed, when it did.
+    pub last_error: Option<String>,
+    /// After how long without confirmation a peer is stale, in seconds.
+    pub stale_after_seconds: u64,
+    /// The peers, by device.
+    pub peers: Vec<PeerState>,
+}
+
+/// The peers file cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum PeersFileError {
+    /// Reading or writing failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The content is not a peers file.
+    #[error("{path} is damaged: {reason}; delete it, the next `syncd sync` writes it again")]
+    Damaged {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+impl PeersFile {
+    /// Reads `HOME/replication/peers.json`; `None` when no pass ran yet.
+    pub fn load(home: &std::path::Path) -> Result<Option<Self>, PeersFileError> {
+        let path = home.join(PEERS_FILE);
+        let io = |source| PeersFileError::Io {
+            path: path.clone(),
+            source,
+        };
+        let meta = match std::fs::metadata(&path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            other => other.map_err(io)?,
+        };
+        if meta.len() > MAX_PEERS_FILE_BYTES {
+            return Err(PeersFileError::Damaged {
+                path,
+                reason: format!("{} bytes; at most {MAX_PEERS_FILE_BYTES}", meta.len()),
+            });
+        }
+        let text = std::fs::read_to_string(&path).map_err(io)?;
+        let file: Self = serde_json::from_str(&text).map_err(|e| PeersFileError::Damaged {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
+        if file.peers.len() > MAX_PEERS_KEPT {
+            return Err(PeersFileError::Damaged {
+                path,
+                reason: format!("{} peers; at most {MAX_PEERS_KEPT}", file.peers.len()),
+            });
+        }
+        Ok(Some(file))
+    }
+
+    /// Writes the file atomically (temporary file, fsync, rename).
+    pub fn save(&self, home: &std::path::Path) -> Result<(), PeersFileError> {
+        let path = home.join(PEERS_FILE);
+        let io = |source| PeersFileError::Io {
+            path: path.clone(),
+            source,
+        };
+        let dir = path.parent().unwrap_or(home);
+        std::fs::create_dir_all(dir).map_err(io)?;
+        let text = serde_json::to_vec_pretty(self).map_err(|e| PeersFileError::Damaged {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
+        let tmp = dir.join(format!(".peers.{}.tmp", std::process::id()));
+        {
+            use std::io::Write as _;
+            let mut f = std::fs::File::create(&tmp).map_err(io)?;
+            f.write_all(&text).map_err(io)?;
+            f.sync_all().map_err(io)?;
+        }
+        std::fs::rename(&tmp, &path).map_err(io)?;
+        Ok(())
+    }
+
+    /// Whether a peer is stale at `now`: never confirmed in sync, or not
+    /// for longer than `stale_after_seconds`.
+    pub fn is_stale(&self, peer: &PeerState, now: crate::ids::Timestamp) -> bool {
+        let Some(at) = peer
+            .last_confirmed_at
+            .as_deref()
+            .and_then(|t| crate::ids::Timestamp::parse(t).ok())
+        else {
+            return true;
+        };
+        let limit = i64::try_from(self.stale_after_seconds)
+            .unwrap_or(i64::MAX)
+            .saturating_mul(1_000_000);
+        now.unix_micros().saturating_sub(at.unix_micros()) > limit
+    }
+}

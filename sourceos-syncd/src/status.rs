@@ -126,6 +126,26 @@ pub struct StatusDocument {
     /// Sessions, turns and orphans, when the session DAG is current.
     #[serde(default)]
     pub sessions: Option<SessionStatus>,
+    /// Replication, once a pass was attempted.
+    #[serde(default)]
+    pub replication: Option<ReplicationStatus>,
+}
+
+/// Replication in the status document, from the last `syncd sync` pass.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicationStatus {
+    /// When the last pass was attempted.
+    pub last_attempt_at: Option<String>,
+    /// Whether it reached a server (false: offline, local only).
+    pub reached_server: bool,
+    /// Why it failed, when it did.
+    pub last_error: Option<String>,
+    /// Peers seen.
+    pub peers: u64,
+    /// Peers not confirmed in sync within the configured time.
+    pub stale_peers: u64,
+    /// The largest lag, in events, at the last pass.
+    pub max_lag: u64,
 }
 
 /// The session DAG in the status document.
@@ -175,6 +195,31 @@ pub fn status(store: &Store) -> Result<StatusDocument, String> {
     // split-brain list is then unknown rather than an error.
     let split_brain = crate::capability::split_brain_capabilities(store, MAX_SPLIT_BRAIN_LISTED)
         .unwrap_or_default();
+    // Replication observations are advisory: an unreadable peers file is
+    // reported in the document, never a reason for status to fail.
+    let replication = match crate::replication::PeersFile::load(store.home()) {
+        Ok(None) => None,
+        Ok(Some(f)) => {
+            let now = store.now();
+            Some(ReplicationStatus {
+                last_attempt_at: f.last_attempt_at.clone(),
+                reached_server: f.last_attempt_reached_server,
+                last_error: f.last_error.clone(),
+                peers: f.peers.len() as u64,
+                stale_peers: f.peers.iter().filter(|p| f.is_stale(p, now)).count() as u64,
+                max_lag: f.peers.iter().map(|p| p.lag).max().unwrap_or(0),
+            })
+        }
+        Err(e) => Some(ReplicationStatus {
+            last_attempt_at: None,
+            reached_server: false,
+            last_error: Some(e.to_string()),
+            peers: 0,
+            stale_peers: 0,
+            max_lag: 0,
+        }),
+    };
+    let offline = replication.as_ref().is_some_and(|r| !r.reached_server);
     let degraded = write_blocked_reason.is_some() || !split_brain.is_empty();
     let conflict_count = counters.open_conflicts;
     let policy_blocked = counters.policy_blocked_objects > 0;
@@ -186,6 +231,8 @@ pub fn status(store: &Store) -> Result<StatusDocument, String> {
         Health::Conflicted
     } else if policy_blocked {
         Health::PolicyBlocked
+    } else if offline {
+        Health::OfflineLocalOnly
     } else {
         Health::Clean
     };
@@ -212,6 +259,13 @@ pub fn status(store: &Store) -> Result<StatusDocument, String> {
         Health::PolicyBlocked => format!(
             "policy blocked: {} object(s) held by policy; see `syncd objects`",
             counters.policy_blocked_objects
+        ),
+        Health::OfflineLocalOnly => format!(
+            "offline, local only: the last `syncd sync` reached no server ({}); local work is unaffected",
+            replication
+                .as_ref()
+                .and_then(|r| r.last_error.clone())
+                .unwrap_or_default()
         ),
         _ => match &write_blocked_reason {
             Some(r) => format!("degraded: {r}"),
@@ -262,6 +316,7 @@ pub fn status(store: &Store) -> Result<StatusDocument, String> {
         events_by_kind: summary.map(|s| s.by_kind).unwrap_or_default(),
         projections: map,
         sessions,
+        replication,
     })
 }
 

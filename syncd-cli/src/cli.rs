@@ -109,6 +109,10 @@ pub enum Command {
     /// Exit 69 when no server is reachable (local work is unaffected), 65
     /// when a received message was refused or a gap could not be refilled.
     Sync(SyncArgs),
+    /// What the last replication passes observed of each peer: applied
+    /// position, lag, when last in sync and last received, stale after
+    /// [replication] stale_after_seconds (default 3600).
+    Peers(ListArgs),
     /// The JSON Schemas (draft 2020-12) of every document syncd reads or
     /// writes: list them, print one, or validate files against them (exit
     /// 65 when any document is invalid, each problem with its JSON path).

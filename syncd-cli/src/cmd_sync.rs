@@ -5,6 +5,7 @@
 use std::path::Path;
 
 use serde::Serialize;
+use sourceos_syncd as core;
 use sourceos_syncd_adapters::replication::{
     PeerReport, PublishReport, ReplicationConfig, ReplicationError, Replicator,
 };
@@ -65,7 +66,9 @@ pub fn sync(cli: &Cli, home: &Path, a: &SyncArgs) -> Result<u8, Failure> {
         Ok::<_, ReplicationError>((published, peers))
     });
     let meta = store.meta().clone();
+    let now = store.now();
     crate::commands::close(store)?;
+    record_observations(home, &config, now, &result)?;
     let (published, peers) = result.map_err(|e| replication_failure(&e))?;
     let report = SyncReport {
         device: meta.device.to_string(),
@@ -79,6 +82,152 @@ pub fn sync(cli: &Cli, home: &Path, a: &SyncArgs) -> Result<u8, Failure> {
         .iter()
         .any(|p| !p.refused.is_empty() || p.missing.is_some());
     Ok(if troubled { exit::DATA } else { exit::OK })
+}
+
+/// Updates `HOME/replication/peers.json` with what this pass observed, so
+/// that `syncd peers` and `syncd status` can tell staleness and offline
+/// operation without a server.
+fn record_observations(
+    home: &Path,
+    config: &ReplicationConfig,
+    now: core::Timestamp,
+    result: &Result<(PublishReport, Vec<PeerReport>), ReplicationError>,
+) -> Result<(), Failure> {
+    // A damaged file holds only observations: it is replaced.
+    let mut file = core::PeersFile::load(home)
+        .ok()
+        .flatten()
+        .unwrap_or_default();
+    let at = now.to_string();
+    file.last_attempt_at = Some(at.clone());
+    file.stale_after_seconds = config.stale_after_seconds;
+    match result {
+        Err(e @ ReplicationError::Unreachable { .. }) => {
+            file.last_attempt_reached_server = false;
+            file.last_error = Some(crate::chain(e));
+        }
+        Err(e) => {
+            file.last_attempt_reached_server = true;
+            file.last_error = Some(crate::chain(e));
+        }
+        Ok((_, peers)) => {
+            file.last_attempt_reached_server = true;
+            file.last_error = None;
+            for p in peers {
+                let in_sync = p.lag == 0 && p.refused.is_empty() && p.missing.is_none();
+                let entry = match file.peers.iter_mut().find(|s| s.device == p.device) {
+                    Some(e) => e,
+                    None => {
+                        if file.peers.len() >= core::MAX_PEERS_KEPT {
+                            continue;
+                        }
+                        file.peers.push(core::PeerState {
+                            device: p.device.clone(),
+                            applied_through: 0,
+                            stream_head: 0,
+                            lag: 0,
+                            last_sync_at: at.clone(),
+                            last_confirmed_at: None,
+                            last_received_at: None,
+                            refused_total: 0,
+                            missing: None,
+                        });
+                        match file.peers.last_mut() {
+                            Some(e) => e,
+                            None => continue,
+                        }
+                    }
+                };
+                entry.applied_through = p.applied_through;
+                entry.stream_head = p.stream_head;
+                entry.lag = p.lag;
+                entry.last_sync_at = at.clone();
+                entry.missing = p.missing;
+                entry.refused_total = entry.refused_total.saturating_add(p.refused.len() as u64);
+                if in_sync {
+                    entry.last_confirmed_at = Some(at.clone());
+                }
+                if p.appended > 0 {
+                    entry.last_received_at = Some(at.clone());
+                }
+            }
+            file.peers.sort_by(|a, b| a.device.cmp(&b.device));
+        }
+    }
+    file.save(home).map_err(|e| Failure::store(&e))
+}
+
+/// Runs `syncd peers`.
+pub fn peers(cli: &Cli, home: &Path, a: &crate::cli::ListArgs) -> Result<u8, Failure> {
+    let config = ReplicationConfig::load(home).map_err(|e| Failure::store(&e))?;
+    let store = crate::commands::open(cli, home, false)?;
+    let now = store.now();
+    crate::commands::close(store)?;
+    let file = core::PeersFile::load(home).map_err(|e| Failure::store(&e))?;
+    #[derive(Serialize)]
+    struct PeerView<'a> {
+        #[serde(flatten)]
+        state: &'a core::PeerState,
+        stale: bool,
+    }
+    #[derive(Serialize)]
+    struct PeersView<'a> {
+        replication_enabled: bool,
+        last_attempt_at: Option<&'a str>,
+        reached_server: bool,
+        last_error: Option<&'a str>,
+        stale_after_seconds: u64,
+        peers: Vec<PeerView<'a>>,
+    }
+    let empty = core::PeersFile::default();
+    let f = file.as_ref().unwrap_or(&empty);
+    let view = PeersView {
+        replication_enabled: config.enabled,
+        last_attempt_at: f.last_attempt_at.as_deref(),
+        reached_server: f.last_attempt_reached_server,
+        last_error: f.last_error.as_deref(),
+        stale_after_seconds: f.stale_after_seconds,
+        peers: f
+            .peers
+            .iter()
+            .map(|p| PeerView {
+                state: p,
+                stale: f.is_stale(p, now),
+            })
+            .collect(),
+    };
+    let mut out = Out::new();
+    if a.json {
+        out.json_pretty(&view)?;
+        out.flush()?;
+        return Ok(exit::OK);
+    }
+    match &f.last_attempt_at {
+        None => out.line("no replication pass yet (syncd sync)")?,
+        Some(at) if !f.last_attempt_reached_server => out.line(&format!(
+            "last pass {at}: no server reachable, working offline ({})",
+            f.last_error.as_deref().unwrap_or("")
+        ))?,
+        Some(at) => out.line(&format!("last pass {at}"))?,
+    }
+    for p in &view.peers {
+        out.line(&format!(
+            "{}  applied through {} of {} (lag {})  last in sync {}  last received {}{}{}",
+            p.state.device,
+            p.state.applied_through,
+            p.state.stream_head,
+            p.state.lag,
+            p.state.last_confirmed_at.as_deref().unwrap_or("never"),
+            p.state.last_received_at.as_deref().unwrap_or("never"),
+            if p.stale { "  STALE" } else { "" },
+            p.state
+                .missing
+                .map(|m| format!("  missing position {m}"))
+                .unwrap_or_default()
+        ))?;
+    }
+    out.flush()?;
+    Ok(exit::OK)
 }
 
 fn render(r: &SyncReport, json: bool) -> Result<(), Failure> {

@@ -65,6 +65,7 @@ pub fn run(cli: &Cli, home: &Path) -> Result<u8, Failure> {
         Command::Session(a) => crate::cmd_session::session(cli, home, a),
         Command::Orphans(a) => crate::cmd_session::orphans(cli, home, a),
         Command::Sync(a) => crate::cmd_sync::sync(cli, home, a),
+        Command::Peers(a) => crate::cmd_sync::peers(cli, home, a),
         Command::Schema(c) => crate::cmd_schema::schema(c),
         Command::Evidence(crate::cli::EvidenceCommand::Add(a)) => evidence_add(home, a),
         Command::Capabilities(a) => crate::cmd_ledger::capabilities(cli, home, a),
