@@ -228,7 +228,7 @@ fn main() {
                 .unwrap();
             rt.block_on(async {
                 let ra = Replicator::connect(a, &config).await.unwrap();
-                let p = ra.publish().await.unwrap();
+                let p = ra.publish(None).await.unwrap();
                 assert_eq!(p.confirmed_seq as usize, n);
             });
             started.elapsed()

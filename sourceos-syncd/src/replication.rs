@@ -275,6 +275,10 @@ pub struct PeersFile {
     pub last_error: Option<String>,
     /// After how long without confirmation a peer is stale, in seconds.
     pub stale_after_seconds: u64,
+    /// The last position of this device's log acknowledged in order by
+    /// the stream: the next pass publishes at least from after it.
+    #[serde(default)]
+    pub published_through: Option<u64>,
     /// The peers, by device.
     pub peers: Vec<PeerState>,
 }

@@ -54,10 +54,16 @@ pub fn sync(cli: &Cli, home: &Path, a: &SyncArgs) -> Result<u8, Failure> {
         .enable_all()
         .build()
         .map_err(|e| Failure::store(&e))?;
+    // Where an earlier, interrupted pass got to (holes after it are
+    // published again). An unreadable file only loses that hint.
+    let confirmed_through = core::PeersFile::load(home)
+        .ok()
+        .flatten()
+        .and_then(|f| f.published_through);
     let store = crate::commands::open(cli, home, true)?;
     let result = runtime.block_on(async {
         let r = Replicator::connect(store.clone(), &config).await?;
-        let published = r.publish().await?;
+        let published = r.publish(confirmed_through).await?;
         let peers = if a.publish_only {
             Vec::new()
         } else {
@@ -109,10 +115,14 @@ fn record_observations(
         Err(e) => {
             file.last_attempt_reached_server = true;
             file.last_error = Some(crate::chain(e));
+            if let ReplicationError::PublishInterrupted { confirmed_seq, .. } = e {
+                file.published_through = Some(*confirmed_seq);
+            }
         }
-        Ok((_, peers)) => {
+        Ok((published, peers)) => {
             file.last_attempt_reached_server = true;
             file.last_error = None;
+            file.published_through = Some(published.confirmed_seq);
             for p in peers {
                 let in_sync = p.lag == 0 && p.refused.is_empty() && p.missing.is_none();
                 let entry = match file.peers.iter_mut().find(|s| s.device == p.device) {

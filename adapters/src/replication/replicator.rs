@@ -87,6 +87,16 @@ pub enum ReplicationError {
         /// The local hash.
         local: String,
     },
+    /// Publishing stopped part-way (a server went away, an acknowledgement
+    /// timed out); positions through `confirmed_seq` were acknowledged in
+    /// order.
+    #[error("publishing stopped after event {confirmed_seq}: {reason}")]
+    PublishInterrupted {
+        /// Last position acknowledged in order.
+        confirmed_seq: u64,
+        /// Why.
+        reason: String,
+    },
     /// The local store failed.
     #[error("local store: {0}")]
     Store(String),
@@ -251,9 +261,32 @@ impl Replicator {
 
     /// Publishes this device's log after the last position the stream
     /// holds. Each position is decided by [`Release::of`]: whole, or a stub.
-    pub async fn publish(&self) -> Result<PublishReport, ReplicationError> {
+    ///
+    /// `confirmed_through` is the last position an earlier pass saw
+    /// acknowledged in order: a pass interrupted with publications in
+    /// flight can leave later positions stored and earlier ones lost, so
+    /// publishing resumes after it when it is behind what the stream holds.
+    pub async fn publish(
+        &self,
+        confirmed_through: Option<u64>,
+    ) -> Result<PublishReport, ReplicationError> {
         let mut report = PublishReport::default();
-        let resume = match self.stream_head(&self.device).await? {
+        match self.publish_inner(confirmed_through, &mut report).await {
+            Ok(()) => Ok(report),
+            Err(e @ ReplicationError::Diverged { .. }) => Err(e),
+            Err(e) => Err(ReplicationError::PublishInterrupted {
+                confirmed_seq: report.confirmed_seq,
+                reason: e.to_string(),
+            }),
+        }
+    }
+
+    async fn publish_inner(
+        &self,
+        confirmed_through: Option<u64>,
+        report: &mut PublishReport,
+    ) -> Result<(), ReplicationError> {
+        let stream_resume = match self.stream_head(&self.device).await? {
             None => 1,
             Some(p) => {
                 let local = self
@@ -272,10 +305,14 @@ impl Replicator {
                 }
             }
         };
+        let resume = match confirmed_through {
+            Some(c) if c + 1 < stream_resume => c + 1,
+            _ => stream_resume,
+        };
         report.confirmed_seq = resume - 1;
         let (head, _) = self.store.head().map_err(ReplicationError::Store)?;
         if resume > head {
-            return Ok(report);
+            return Ok(());
         }
         report.from_seq = resume;
         let subject = wire::subject(&self.profile, &self.device);
@@ -319,7 +356,7 @@ impl Replicator {
                 }
                 if in_flight.len() >= MAX_IN_FLIGHT {
                     if let Some((seq, ack)) = in_flight.pop_front() {
-                        Self::confirm(seq, ack, &mut report).await?;
+                        Self::confirm(seq, ack, report).await?;
                     }
                 }
                 let ack = self
@@ -332,9 +369,9 @@ impl Replicator {
             }
         }
         while let Some((seq, ack)) = in_flight.pop_front() {
-            Self::confirm(seq, ack, &mut report).await?;
+            Self::confirm(seq, ack, report).await?;
         }
-        Ok(report)
+        Ok(())
     }
 
     async fn confirm(
@@ -440,7 +477,7 @@ impl Replicator {
             ..PeerReport::default()
         };
         let mut applied = 0usize;
-        let mut pending = Pending::new(anchor);
+        let mut pending = Pending::new(anchor, floor);
         'fetch: while applied < MAX_RECEIVE_PER_PEER {
             let mut batch = consumer
                 .fetch()
@@ -484,25 +521,12 @@ impl Replicator {
                     // earlier): acknowledged with the next applied one.
                     continue;
                 }
-                if position.seq > tip.seq + 1 {
-                    let Some(found) = self.refill(&subject, stream_seq, tip, position.seq).await?
-                    else {
-                        report.missing = Some(tip.seq + 1);
-                        break 'fetch;
-                    };
-                    for (p, bytes) in found {
-                        match Self::verify_next(peer, &p, &bytes, pending.tip()) {
-                            Ok(env) => {
-                                report.refilled += 1;
-                                pending.push(&p, env, None);
-                            }
-                            Err(reason) => {
-                                Self::refuse(0, Some(p.seq), reason, &mut report);
-                                report.missing = Some(p.seq);
-                                break 'fetch;
-                            }
-                        }
-                    }
+                if position.seq > tip.seq + 1
+                    && !self
+                        .fill(&subject, peer, &mut pending, position.seq, &mut report)
+                        .await?
+                {
+                    break 'fetch;
                 }
                 match Self::verify_next(peer, &position, &msg.message.payload, pending.tip()) {
                     Ok(env) => pending.push(&position, env, Some(msg)),
@@ -526,8 +550,27 @@ impl Replicator {
         }
         // Whatever was verified before stopping is made durable too.
         let (_, _) = self.flush(&mut pending, &mut report).await?;
-        report.applied_through = pending.tip().seq;
         report.stream_head = self.stream_head(peer).await?.map_or(0, |p| p.seq);
+        // Positions delivered to an earlier, interrupted pass are not
+        // delivered again until their acknowledgement times out: read
+        // them from the stream instead of waiting.
+        if report.missing.is_none()
+            && report.refused.is_empty()
+            && report.stream_head > pending.tip().seq
+            && applied < MAX_RECEIVE_PER_PEER
+        {
+            let until = report
+                .stream_head
+                .min(pending.tip().seq + MAX_PENDING as u64)
+                + 1;
+            if self
+                .fill(&subject, peer, &mut pending, until, &mut report)
+                .await?
+            {
+                let (_, _) = self.flush(&mut pending, &mut report).await?;
+            }
+        }
+        report.applied_through = pending.tip().seq;
         report.lag = report.stream_head.saturating_sub(report.applied_through);
         Ok(report)
     }
@@ -612,6 +655,7 @@ impl Replicator {
             }
             applied += 1;
             pending.durable = item.at;
+            pending.durable_stream_seq = item.stream_seq;
             if item.msg.is_some() {
                 last_msg = item.msg;
             }
@@ -629,6 +673,41 @@ impl Replicator {
         Ok((applied, stopped))
     }
 
+    /// Reads the positions between the pending tip and `until`
+    /// (exclusive) from the stream and queues them verified. `false` when
+    /// one is missing or refused (reported).
+    async fn fill(
+        &self,
+        subject: &str,
+        peer: &str,
+        pending: &mut Pending,
+        until: u64,
+        report: &mut PeerReport,
+    ) -> Result<bool, ReplicationError> {
+        let tip = pending.tip();
+        let Some(found) = self
+            .refill(subject, pending.tip_stream_seq(), tip, until)
+            .await?
+        else {
+            report.missing = Some(tip.seq + 1);
+            return Ok(false);
+        };
+        for (p, bytes, stream_seq) in found {
+            match Self::verify_next(peer, &p, &bytes, pending.tip()) {
+                Ok(env) => {
+                    report.refilled += 1;
+                    pending.push_refilled(&p, env, stream_seq);
+                }
+                Err(reason) => {
+                    Self::refuse(stream_seq, Some(p.seq), reason, report);
+                    report.missing = Some(p.seq);
+                    return Ok(false);
+                }
+            }
+        }
+        Ok(true)
+    }
+
     /// Looks ahead in the stream, after `from_stream_seq`, for the
     /// positions between the anchor and `until` (exclusive). Returns them
     /// in order, or `None` when one is missing.
@@ -638,26 +717,39 @@ impl Replicator {
         from_stream_seq: u64,
         anchor: Anchor,
         until: u64,
-    ) -> Result<Option<Vec<(Position, Vec<u8>)>>, ReplicationError> {
-        let mut found: BTreeMap<u64, (Position, Vec<u8>)> = BTreeMap::new();
-        let mut cursor = from_stream_seq + 1;
-        for _ in 0..MAX_REFILL_LOOKUPS {
-            let m = match self
-                .stream
-                .get_first_raw_message_by_subject(subject, cursor)
-                .await
-            {
-                Ok(m) => m,
-                Err(_) => break,
-            };
-            cursor = m.sequence + 1;
-            if let Ok(p) = position_of(&m.headers) {
-                if p.seq > anchor.seq && p.seq < until {
-                    found.entry(p.seq).or_insert((p, m.payload.to_vec()));
+    ) -> Result<Option<Vec<(Position, Vec<u8>, u64)>>, ReplicationError> {
+        let mut found: BTreeMap<u64, (Position, Vec<u8>, u64)> = BTreeMap::new();
+        let wanted = usize::try_from(until.saturating_sub(anchor.seq + 1)).unwrap_or(usize::MAX);
+        // After the tip's message first; then, because a publisher that
+        // resumed after a failover may have put copies earlier in the
+        // stream than where this consumer stands, from the subject's start.
+        let starts = if from_stream_seq > 0 {
+            vec![from_stream_seq + 1, 1]
+        } else {
+            vec![1]
+        };
+        'scan: for start in starts {
+            let mut cursor = start;
+            for _ in 0..MAX_REFILL_LOOKUPS {
+                let m = match self
+                    .stream
+                    .get_first_raw_message_by_subject(subject, cursor)
+                    .await
+                {
+                    Ok(m) => m,
+                    Err(_) => break,
+                };
+                cursor = m.sequence + 1;
+                if let Ok(p) = position_of(&m.headers) {
+                    if p.seq > anchor.seq && p.seq < until {
+                        found
+                            .entry(p.seq)
+                            .or_insert((p, m.payload.to_vec(), m.sequence));
+                    }
                 }
-            }
-            if (anchor.seq + 1..until).all(|s| found.contains_key(&s)) {
-                break;
+                if found.len() >= wanted {
+                    break 'scan;
+                }
             }
         }
         let mut out = Vec::new();
@@ -682,13 +774,16 @@ struct PendingItem {
 /// Verified positions not yet durable here, in chain order.
 struct Pending {
     durable: Anchor,
+    /// The stream sequence of the durable tip's message (0: unknown).
+    durable_stream_seq: u64,
     items: Vec<PendingItem>,
 }
 
 impl Pending {
-    fn new(durable: Anchor) -> Self {
+    fn new(durable: Anchor, durable_stream_seq: u64) -> Self {
         Self {
             durable,
+            durable_stream_seq,
             items: Vec::with_capacity(MAX_PENDING),
         }
     }
@@ -696,6 +791,26 @@ impl Pending {
     /// The position the next one must follow.
     fn tip(&self) -> Anchor {
         self.items.last().map_or(self.durable, |i| i.at)
+    }
+
+    /// Where in the stream the tip's message is: the next position is
+    /// after it.
+    fn tip_stream_seq(&self) -> u64 {
+        self.items
+            .last()
+            .map_or(self.durable_stream_seq, |i| i.stream_seq)
+    }
+
+    fn push_refilled(&mut self, p: &Position, env: Option<core::Envelope>, stream_seq: u64) {
+        self.items.push(PendingItem {
+            at: Anchor {
+                seq: p.seq,
+                hash: p.hash,
+            },
+            env,
+            msg: None,
+            stream_seq,
+        });
     }
 
     fn len(&self) -> usize {
