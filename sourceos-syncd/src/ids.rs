@@ -597,19 +597,9 @@ fn civil_from_days(days: i64) -> (i64, i64, i64) {
 
 impl fmt::Display for Timestamp {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        // Written directly: this runs for every event sealed.
-        let secs = self.0.div_euclid(1_000_000);
-        let micros = self.0.rem_euclid(1_000_000);
-        let (year, month, day) = civil_from_days(secs.div_euclid(86_400));
-        if (0..=9999).contains(&year) {
-            let sod = secs.rem_euclid(86_400);
-            return write!(
-                f,
-                "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{micros:06}Z",
-                sod / 3_600,
-                sod % 3_600 / 60,
-                sod % 60
-            );
+        // Written directly: this runs for every event shown or sealed.
+        if let Some(text) = self.canonical_text() {
+            return f.write_str(std::str::from_utf8(&text).map_err(|_| fmt::Error)?);
         }
         match chrono::DateTime::<chrono::Utc>::from_timestamp_micros(self.0) {
             Some(dt) => write!(f, "{}", dt.format("%Y-%m-%dT%H:%M:%S%.6fZ")),
@@ -624,41 +614,40 @@ impl Timestamp {
     /// Appends the canonical text as a CBOR text string (what serialising
     /// it writes), without building a `String` first.
     pub(crate) fn write_text(&self, out: &mut Vec<u8>) {
-        let mut buf = TextBuf::default();
-        if fmt::Write::write_fmt(&mut buf, format_args!("{self}")).is_ok() {
-            if let Ok(text) = std::str::from_utf8(buf.bytes.get(..buf.len).unwrap_or_default()) {
-                crate::codec::write::text(text, out);
-                return;
+        match self.canonical_text() {
+            Some(b) => crate::codec::write::text(std::str::from_utf8(&b).unwrap_or_default(), out),
+            None => crate::codec::write::text(&self.to_string(), out),
+        }
+    }
+
+    /// The canonical text for years 0000 to 9999, digit by digit: this
+    /// runs for every event sealed. `None` outside those years.
+    fn canonical_text(&self) -> Option<[u8; 27]> {
+        let secs = self.0.div_euclid(1_000_000);
+        let micros = self.0.rem_euclid(1_000_000);
+        let (year, month, day) = civil_from_days(secs.div_euclid(86_400));
+        if !(0..=9999).contains(&year) {
+            return None;
+        }
+        let sod = secs.rem_euclid(86_400);
+        let mut b = *b"0000-00-00T00:00:00.000000Z";
+        let fields = [
+            (0, 4, year),
+            (5, 2, month),
+            (8, 2, day),
+            (11, 2, sod / 3_600),
+            (14, 2, sod % 3_600 / 60),
+            (17, 2, sod % 60),
+            (20, 6, micros),
+        ];
+        for (at, width, mut value) in fields {
+            for slot in b.iter_mut().skip(at).take(width).rev() {
+                // `value` is non-negative here, so the digit is 0 to 9.
+                *slot = b'0' + (value % 10) as u8;
+                value /= 10;
             }
         }
-        crate::codec::write::text(&self.to_string(), out);
-    }
-}
-
-/// A fixed buffer for short formatted text; writing past its end fails.
-struct TextBuf {
-    bytes: [u8; 48],
-    len: usize,
-}
-
-impl Default for TextBuf {
-    fn default() -> Self {
-        Self {
-            bytes: [0; 48],
-            len: 0,
-        }
-    }
-}
-
-impl fmt::Write for TextBuf {
-    fn write_str(&mut self, s: &str) -> fmt::Result {
-        let end = self.len.checked_add(s.len()).ok_or(fmt::Error)?;
-        self.bytes
-            .get_mut(self.len..end)
-            .ok_or(fmt::Error)?
-            .copy_from_slice(s.as_bytes());
-        self.len = end;
-        Ok(())
+        Some(b)
     }
 }
 
