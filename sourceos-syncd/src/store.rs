@@ -95,7 +95,7 @@ impl Default for OpenOptions {
             catch_up: true,
             storage: StorageOptions::default(),
             clock: Arc::new(SystemClock),
-            ids: Arc::new(UuidV7Generator),
+            ids: Arc::new(UuidV7Generator::new()),
             policy: Arc::new(LocalPolicy::default()),
         }
     }
