@@ -149,7 +149,11 @@ pub(crate) fn unframe<'a>(tree: &str, key: &[u8], value: &'a [u8]) -> Result<&'a
 pub struct Staging {
     tree_name: String,
     base: Option<DerivedTree>,
-    dirty: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+    /// Staged writes by key (`None` deletes). A hash map: folding looks
+    /// up several records per event, and ordered lookups over thousands of
+    /// keys with long common prefixes measured as the largest cost of a
+    /// fold; the few readers that need key order sort what they take.
+    dirty: hashbrown::HashMap<Vec<u8>, Option<Vec<u8>>>,
     /// Records read from the base tree (including absent ones), so that
     /// hot records (an actor, an idempotency bucket, a subject's tail) are
     /// not fetched, checksummed and copied again for every event. Every
@@ -163,7 +167,7 @@ const READ_CACHE_BYTES: usize = 32 * 1024 * 1024;
 
 #[derive(Default)]
 struct ReadCache {
-    records: std::collections::HashMap<Vec<u8>, Option<Vec<u8>>>,
+    records: hashbrown::HashMap<Vec<u8>, Option<Vec<u8>>>,
     bytes: usize,
 }
 
@@ -184,7 +188,7 @@ impl Staging {
         Self {
             tree_name,
             base,
-            dirty: BTreeMap::new(),
+            dirty: hashbrown::HashMap::new(),
             cache: std::cell::RefCell::new(ReadCache::default()),
         }
     }
@@ -202,19 +206,7 @@ impl Staging {
     }
 
     fn load(&self, key: &[u8]) -> Result<Option<Vec<u8>>, ProjectionError> {
-        let Some(base) = &self.base else {
-            return Ok(None);
-        };
-        match base.get(key)? {
-            None => Ok(None),
-            Some(raw) => unframe(&self.tree_name, key, &raw)
-                .map(|p| Some(p.to_vec()))
-                .map_err(|reason| ProjectionError::Damaged {
-                    tree: self.tree_name.clone(),
-                    key: key_hex(key),
-                    reason,
-                }),
-        }
+        load(self.base.as_ref(), &self.tree_name, key)
     }
 
     /// Reads a record's payload.
@@ -225,26 +217,49 @@ impl Staging {
         }
     }
 
+    /// Runs `f` on a record's payload where it lies (staged, cached or
+    /// just loaded), without copying it out: lookups in large records (an
+    /// idempotency bucket) run for every appended event.
+    pub(crate) fn with_record<R>(
+        &self,
+        key: &[u8],
+        f: impl FnOnce(Option<&[u8]>) -> R,
+    ) -> Result<R, ProjectionError> {
+        if let Some(v) = self.dirty.get(key) {
+            return Ok(f(v.as_deref()));
+        }
+        if let Some(hit) = self.cache.borrow().records.get(key) {
+            return Ok(f(hit.as_deref()));
+        }
+        let loaded = self.load(key)?;
+        let out = f(loaded.as_deref());
+        if self.base.is_some() {
+            self.cache.borrow_mut().insert(key.to_vec(), loaded);
+        }
+        Ok(out)
+    }
+
     /// A mutable slot for a record, loaded from the base on first use.
     /// Setting it to `None` deletes the record.
     pub(crate) fn entry(&mut self, key: &[u8]) -> Result<&mut Option<Vec<u8>>, ProjectionError> {
-        if !self.dirty.contains_key(key) {
-            // A record about to change leaves the cache; it comes back,
-            // as written, when the staging is flushed.
-            let cached = self.cache.get_mut().records.remove(key);
-            let loaded = match cached {
-                Some(v) => v,
-                None => self.load(key)?,
-            };
-            self.dirty.insert(key.to_vec(), loaded);
+        let Self {
+            tree_name,
+            base,
+            dirty,
+            cache,
+        } = self;
+        match dirty.entry_ref(key) {
+            hashbrown::hash_map::EntryRef::Occupied(o) => Ok(o.into_mut()),
+            hashbrown::hash_map::EntryRef::Vacant(v) => {
+                // A record about to change leaves the cache; it comes back,
+                // as written, when the staging is flushed.
+                let loaded = match cache.get_mut().records.remove(key) {
+                    Some(cached) => cached,
+                    None => load(base.as_ref(), tree_name, key)?,
+                };
+                Ok(v.insert(loaded))
+            }
         }
-        self.dirty
-            .get_mut(key)
-            .ok_or_else(|| ProjectionError::Damaged {
-                tree: self.tree_name.clone(),
-                key: key_hex(key),
-                reason: "staged record vanished".to_owned(),
-            })
     }
 
     /// Stages a record.
@@ -309,10 +324,7 @@ impl Staging {
                 }
             }
         }
-        for (k, v) in self.dirty.range(prefix.to_vec()..) {
-            if !k.starts_with(prefix) {
-                break;
-            }
+        for (k, v) in self.dirty.iter().filter(|(k, _)| k.starts_with(prefix)) {
             match v {
                 Some(v) => out.insert(k.clone(), v.clone()),
                 None => out.remove(k),
@@ -346,6 +358,27 @@ impl Staging {
             .into_iter()
             .filter_map(|(k, v)| v.map(|v| (k, v)))
             .collect()
+    }
+}
+
+/// A record's payload from a base tree, checksum verified.
+fn load(
+    base: Option<&DerivedTree>,
+    tree_name: &str,
+    key: &[u8],
+) -> Result<Option<Vec<u8>>, ProjectionError> {
+    let Some(base) = base else {
+        return Ok(None);
+    };
+    match base.get(key)? {
+        None => Ok(None),
+        Some(raw) => unframe(tree_name, key, &raw)
+            .map(|p| Some(p.to_vec()))
+            .map_err(|reason| ProjectionError::Damaged {
+                tree: tree_name.to_owned(),
+                key: key_hex(key),
+                reason,
+            }),
     }
 }
 
@@ -797,6 +830,42 @@ impl FreshFold {
 /// Looks up a built-in projection by name (for the doctor's record checks).
 pub(crate) fn builtin_named(name: &str) -> Option<Box<dyn Projection>> {
     builtin().into_iter().find(|p| p.name() == name)
+}
+
+/// Concatenates `parts` into a key and hands it to `f`, on the stack when
+/// it fits (every key a fold builds per event does: ids are bounded well
+/// below this), so that folding an event does not allocate a key it only
+/// looks up.
+pub(crate) fn with_key<R>(parts: &[&[u8]], f: impl FnOnce(&[u8]) -> R) -> R {
+    const STACK_KEY_BYTES: usize = 640;
+    let len: usize = parts.iter().map(|p| p.len()).sum();
+    let mut buf = [0u8; STACK_KEY_BYTES];
+    if let Some(key) = buf.get_mut(..len) {
+        let mut at = 0;
+        for p in parts {
+            if let Some(dst) = key.get_mut(at..at + p.len()) {
+                dst.copy_from_slice(p);
+            }
+            at += p.len();
+        }
+        return f(key);
+    }
+    f(&parts.concat())
+}
+
+/// Adds one to an 8-byte big-endian counter record (absent reads as 0),
+/// in place when the record is already there.
+pub(crate) fn bump_counter(slot: &mut Option<Vec<u8>>) {
+    match slot {
+        Some(v) if v.len() == 8 => {
+            let n = read_u64(v).unwrap_or(0).saturating_add(1);
+            v.copy_from_slice(&n.to_be_bytes());
+        }
+        _ => {
+            let n = slot.as_deref().and_then(read_u64).unwrap_or(0);
+            *slot = Some(n.saturating_add(1).to_be_bytes().to_vec());
+        }
+    }
 }
 
 /// Parses the 8-byte big-endian numbers that several projections store.
