@@ -211,9 +211,12 @@ impl<'a> Reader<'a> {
     /// reader where it was and returns false.
     pub(crate) fn key(&mut self, key: &str) -> bool {
         let k = key.as_bytes();
+        // Compared byte by byte: keys are a few bytes long, shorter than
+        // the set-up of a general comparison.
         let matches = k.len() < 24
             && self.rest.first() == Some(&(0x60 | k.len() as u8))
-            && self.rest.get(1..=k.len()) == Some(k);
+            && self.rest.len() > k.len()
+            && k.iter().zip(self.rest.iter().skip(1)).all(|(a, b)| a == b);
         if matches {
             self.rest = self.rest.get(k.len() + 1..).unwrap_or_default();
         }

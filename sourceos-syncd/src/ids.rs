@@ -228,7 +228,9 @@ impl EventKind {
     pub fn new(raw: impl Into<String>) -> Result<Self, InvalidValue> {
         let raw = raw.into();
         check_text("event kind", &raw, Self::MAX_BYTES, Charset::Kind)?;
-        if raw.split('.').any(str::is_empty) {
+        // A segment is empty exactly when the kind starts or ends with a
+        // dot or has two in a row (it is not empty: checked above).
+        if raw.starts_with('.') || raw.ends_with('.') || raw.contains("..") {
             return Err(InvalidValue::Malformed {
                 what: "event kind",
                 value: truncated(&raw),

@@ -116,6 +116,28 @@ pub(crate) struct DerivedTree {
 /// A raw key/value pair read from a tree.
 pub(crate) type RawPair = (Vec<u8>, Vec<u8>);
 
+/// A record's bytes as the engine returned them, read in place rather than
+/// copied: reading the whole log copied every event once more for nothing.
+pub(crate) struct StoredBytes(sled::IVec);
+
+impl std::ops::Deref for StoredBytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+/// Key and value of a stored event.
+pub(crate) type StoredPair = (StoredBytes, StoredBytes);
+
+fn copied((k, v): (sled::IVec, sled::IVec)) -> RawPair {
+    (k.to_vec(), v.to_vec())
+}
+
+fn in_place((k, v): (sled::IVec, sled::IVec)) -> StoredPair {
+    (StoredBytes(k), StoredBytes(v))
+}
+
 impl Storage {
     /// Opens the database in `dir`, creating it if absent.
     pub(crate) fn open(dir: &Path, options: &StorageOptions) -> Result<Self, StorageError> {
@@ -210,11 +232,12 @@ impl Storage {
     pub(crate) fn events_from(
         &self,
         from: [u8; 8],
-    ) -> impl Iterator<Item = Result<RawPair, StorageError>> + '_ {
+    ) -> impl Iterator<Item = Result<StoredPair, StorageError>> + '_ {
         GuardedIter {
             inner: self.events.range(from..),
             dir: &self.dir,
             done: false,
+            convert: in_place,
         }
     }
 
@@ -331,6 +354,7 @@ impl DerivedTree {
             inner: self.tree.iter(),
             dir: &self.dir,
             done: false,
+            convert: copied,
         }
     }
 
@@ -343,6 +367,7 @@ impl DerivedTree {
             inner: self.tree.scan_prefix(prefix),
             dir: &self.dir,
             done: false,
+            convert: copied,
         }
     }
 
@@ -384,14 +409,15 @@ impl DerivedTree {
     }
 }
 
-struct GuardedIter<'a> {
+struct GuardedIter<'a, T> {
     inner: sled::Iter,
     dir: &'a Path,
     done: bool,
+    convert: fn((sled::IVec, sled::IVec)) -> T,
 }
 
-impl Iterator for GuardedIter<'_> {
-    type Item = Result<RawPair, StorageError>;
+impl<T> Iterator for GuardedIter<'_, T> {
+    type Item = Result<T, StorageError>;
 
     fn next(&mut self) -> Option<Self::Item> {
         if self.done {
@@ -400,7 +426,7 @@ impl Iterator for GuardedIter<'_> {
         let step = catch_unwind(AssertUnwindSafe(|| self.inner.next()));
         let item = match step {
             Ok(None) => None,
-            Ok(Some(Ok((k, v)))) => Some(Ok((k.to_vec(), v.to_vec()))),
+            Ok(Some(Ok(pair))) => Some(Ok((self.convert)(pair))),
             Ok(Some(Err(e))) => Some(Err(classify(self.dir, e))),
             Err(p) => Some(Err(StorageError::Panicked {
                 doing: "iterating",

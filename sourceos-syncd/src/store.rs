@@ -1364,7 +1364,7 @@ impl Store {
     pub(crate) fn scan_raw(
         &self,
         from: Seq,
-    ) -> impl Iterator<Item = Result<(Vec<u8>, Vec<u8>), StorageError>> + '_ {
+    ) -> impl Iterator<Item = Result<crate::storage::StoredPair, StorageError>> + '_ {
         self.inner.storage.events_from(from.to_key())
     }
 
