@@ -690,6 +690,10 @@ impl Envelope {
     pub fn idempotency_key(&self) -> Option<&IdempotencyKey> {
         self.idem.as_ref()
     }
+    /// Its idempotency key, taking the envelope apart.
+    pub(crate) fn into_idempotency_key(self) -> Option<IdempotencyKey> {
+        self.idem
+    }
     /// Its payload.
     pub fn payload(&self) -> &Payload {
         &self.payload

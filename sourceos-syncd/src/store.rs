@@ -342,7 +342,7 @@ fn decision_id_of(d: &EventDraft) -> String {
 struct Batch {
     head: Head,
     rows: Vec<([u8; 8], Vec<u8>)>,
-    in_batch: HashMap<IdempotencyKey, (Seq, Digest)>,
+    in_batch: hashbrown::HashMap<IdempotencyKey, (Seq, Digest)>,
     in_batch_origins: HashMap<(DeviceId, Seq), (Seq, Digest)>,
 }
 
@@ -822,7 +822,7 @@ impl Store {
         let mut b = Batch {
             head: st.head,
             rows: Vec::new(),
-            in_batch: HashMap::new(),
+            in_batch: hashbrown::HashMap::new(),
             in_batch_origins: HashMap::new(),
         };
         let outcomes = match self.seal_batch(st, &mut b, batch) {
@@ -1010,7 +1010,6 @@ impl Store {
     ) -> Result<AppendOutcome, AppendError> {
         let seq = Seq::new(b.head.seq.checked_add(1).ok_or(AppendError::Exhausted)?)
             .map_err(|_| AppendError::Exhausted)?;
-        let key = draft.idempotency_key.clone();
         let origin_slot = origin.as_ref().map(|(_, _, o)| (o.device.clone(), o.seq));
         let ctx = match origin {
             None => SealContext {
@@ -1042,9 +1041,6 @@ impl Store {
             seq: seq.get(),
             hash: env.hash(),
         };
-        if let Some(k) = key {
-            b.in_batch.entry(k).or_insert((seq, env.hash()));
-        }
         if let Some(slot) = origin_slot {
             b.in_batch_origins
                 .insert(slot, (seq, env.origin_ref().hash));
@@ -1058,11 +1054,13 @@ impl Store {
             st.poisoned = Some(format!("derived state failed while folding: {e}"));
             return Err(AppendError::Poisoned(e.to_string()));
         }
-        Ok(AppendOutcome::Appended {
-            seq,
-            hash: env.hash(),
-            id: env.id(),
-        })
+        let (hash, id) = (env.hash(), env.id());
+        // The envelope is not needed any more: its key moves into the
+        // group's index rather than being copied.
+        if let Some(k) = env.into_idempotency_key() {
+            b.in_batch.entry(k).or_insert((seq, hash));
+        }
+        Ok(AppendOutcome::Appended { seq, hash, id })
     }
 
     /// Asks the policy hook about an object mutation. Decisions of an
