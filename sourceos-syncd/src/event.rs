@@ -423,7 +423,21 @@ pub enum EventDamage {
 impl Envelope {
     /// Seals a draft: fills in what the log supplies, hashes, encodes.
     /// Returns the envelope and its stored bytes.
+    #[cfg(test)]
     pub(crate) fn seal(draft: EventDraft, ctx: SealContext) -> Result<(Self, Vec<u8>), SealError> {
+        let mut bytes = Vec::with_capacity(320);
+        let envelope = Self::seal_to(draft, ctx, &mut bytes)?;
+        Ok((envelope, bytes))
+    }
+
+    /// Seals a draft into `bytes` (cleared first), so that a caller sealing
+    /// many events reuses one buffer. On error `bytes` holds nothing useful.
+    pub(crate) fn seal_to(
+        draft: EventDraft,
+        ctx: SealContext,
+        bytes: &mut Vec<u8>,
+    ) -> Result<Self, SealError> {
+        bytes.clear();
         let EventDraft {
             actor,
             kind,
@@ -451,9 +465,8 @@ impl Envelope {
             ohash: &ohash,
             prev: &ctx.prev,
         };
-        let mut bytes = Vec::with_capacity(320);
-        unsealed.encode_into(&mut bytes);
-        let hash = Digest::of(&bytes);
+        unsealed.encode_into(bytes);
+        let hash = Digest::of(bytes);
         let header = bytes.first().copied().unwrap_or(0);
         if !(MAP_HEADER_BASE..MAP_HEADER_MAX_INLINE).contains(&header) {
             return Err(SealError::UnexpectedHeader(header));
@@ -485,7 +498,7 @@ impl Envelope {
             prev: ctx.prev,
             hash,
         };
-        Ok((envelope, bytes))
+        Ok(envelope)
     }
 
     /// Verifies stored bytes and decodes them: the hash is recomputed over

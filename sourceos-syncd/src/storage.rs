@@ -127,6 +127,28 @@ impl std::ops::Deref for StoredBytes {
     }
 }
 
+/// New events for one atomic write to `events`, gathered as they are
+/// sealed: each envelope is copied once, from the sealing buffer into the
+/// engine's own record, instead of into a buffer of its own first.
+#[derive(Default)]
+pub(crate) struct EventRows {
+    batch: sled::Batch,
+    len: usize,
+}
+
+impl EventRows {
+    /// Adds one event's key and stored bytes.
+    pub(crate) fn push(&mut self, key: [u8; 8], value: &[u8]) {
+        self.batch.insert(&key, value);
+        self.len += 1;
+    }
+
+    /// True when no event was added.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
 /// Key and value of a stored event.
 pub(crate) type StoredPair = (StoredBytes, StoredBytes);
 
@@ -243,13 +265,9 @@ impl Storage {
 
     /// Inserts new events. The caller guarantees the keys are new and
     /// contiguous; nothing else in the crate writes to `events`.
-    pub(crate) fn events_append(&self, batch: Vec<([u8; 8], Vec<u8>)>) -> Result<(), StorageError> {
-        let mut b = sled::Batch::default();
-        for (k, v) in batch {
-            b.insert(&k, v);
-        }
+    pub(crate) fn events_append(&self, rows: EventRows) -> Result<(), StorageError> {
         guarded(&self.dir, "appending events to", || {
-            self.events.apply_batch(b)
+            self.events.apply_batch(rows.batch)
         })
     }
 

@@ -26,7 +26,7 @@ use crate::projection::{
     self, idempotency, origins, registry, subjects, summary, Engine, FreshFold, Head,
     ProjectionError, ProjectionHealth, ProjectionStatus,
 };
-use crate::storage::{Storage, StorageError, StorageOptions};
+use crate::storage::{EventRows, Storage, StorageError, StorageOptions};
 
 /// On-disk format version written to `meta`.
 pub const FORMAT_VERSION: u32 = 1;
@@ -341,7 +341,9 @@ fn decision_id_of(d: &EventDraft) -> String {
 /// Events sealed in one group commit, not yet durable.
 struct Batch {
     head: Head,
-    rows: Vec<([u8; 8], Vec<u8>)>,
+    rows: EventRows,
+    /// Reused for each envelope sealed in the group.
+    scratch: Vec<u8>,
     in_batch: hashbrown::HashMap<IdempotencyKey, (Seq, Digest)>,
     in_batch_origins: HashMap<(DeviceId, Seq), (Seq, Digest)>,
 }
@@ -821,7 +823,8 @@ impl Store {
         }
         let mut b = Batch {
             head: st.head,
-            rows: Vec::new(),
+            rows: EventRows::default(),
+            scratch: Vec::with_capacity(512),
             in_batch: hashbrown::HashMap::new(),
             in_batch_origins: HashMap::new(),
         };
@@ -1029,13 +1032,13 @@ impl Store {
                 prev: b.head.hash,
             },
         };
-        let (env, bytes) = match Envelope::seal(draft, ctx) {
+        let env = match Envelope::seal_to(draft, ctx, &mut b.scratch) {
             Err(e) => {
                 return Ok(AppendOutcome::Rejected {
                     reason: e.to_string(),
                 })
             }
-            Ok(sealed) => sealed,
+            Ok(env) => env,
         };
         b.head = Head {
             seq: seq.get(),
@@ -1045,7 +1048,7 @@ impl Store {
             b.in_batch_origins
                 .insert(slot, (seq, env.origin_ref().hash));
         }
-        b.rows.push((seq.to_key(), bytes));
+        b.rows.push(seq.to_key(), &b.scratch);
         // Fold now (staged only, nothing written) so that later drafts of
         // this group are admitted against the state this one creates. If
         // the group does not become durable the store is poisoned and this
@@ -1223,7 +1226,7 @@ impl Store {
         }
         let mut st = lock(&self.inner.state).map_err(AppendError::Poisoned)?;
         let mut head = st.head;
-        let mut rows = Vec::with_capacity(events.len());
+        let mut rows = EventRows::default();
         for env in &events {
             if env.seq().get() != head.seq + 1 || env.prev_hash() != head.hash {
                 return Err(AppendError::LogDamaged(format!(
@@ -1235,7 +1238,7 @@ impl Store {
             let bytes = env
                 .to_stored_bytes()
                 .map_err(|e| AppendError::LogDamaged(format!("event {}: {e}", env.seq())))?;
-            rows.push((env.seq().to_key(), bytes));
+            rows.push(env.seq().to_key(), &bytes);
             head = Head {
                 seq: env.seq().get(),
                 hash: env.hash(),
