@@ -880,3 +880,82 @@ pub(crate) fn unpack_seqs(bytes: &[u8]) -> impl Iterator<Item = Option<Seq>> + '
         .chunks(8)
         .map(|c| read_u64(c).and_then(|n| Seq::new(n).ok()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::{Storage, StorageOptions};
+
+    #[test]
+    fn keys_are_the_same_built_on_the_stack_or_not() {
+        let long = vec![b'x'; 700];
+        for parts in [
+            vec![&[1u8][..], b"object:a", &[0], &u32::MAX.to_be_bytes()],
+            vec![&[2u8][..], &long[..]],
+            vec![&long[..600], &long[..40]],
+            vec![&long[..600], &long[..41]],
+            vec![],
+        ] {
+            assert_eq!(with_key(&parts, <[u8]>::to_vec), parts.concat());
+        }
+    }
+
+    #[test]
+    fn counters_count_from_absent_and_replace_what_is_not_a_counter() {
+        let mut slot = None;
+        bump_counter(&mut slot);
+        bump_counter(&mut slot);
+        assert_eq!(slot, Some(2u64.to_be_bytes().to_vec()));
+        let mut long = Some([0, 0, 0, 0, 0, 0, 0, 7, 9].to_vec());
+        bump_counter(&mut long);
+        assert_eq!(long, Some(8u64.to_be_bytes().to_vec()));
+    }
+
+    /// Staged records sit in a hash map: readers that promise key order
+    /// must still give it, with staged writes and deletions over the base.
+    #[test]
+    fn prefix_scans_merge_staged_records_over_the_base_in_key_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Storage::open(dir.path(), &StorageOptions::default()).unwrap();
+        let tree = storage.recreate_derived("p.test").unwrap();
+        let base: Vec<(Vec<u8>, Option<Vec<u8>>)> = [b"\x01b", b"\x01d", b"\x01f", b"\x02a"]
+            .iter()
+            .map(|k| (k.to_vec(), Some(frame("p.test", &k[..], b"base"))))
+            .collect();
+        tree.apply(base).unwrap();
+        let mut staging = Staging::new("p.test".to_owned(), Some(tree));
+        for k in [&b"\x01e"[..], b"\x01a", b"\x01c", b"\x02b"] {
+            staging.put(k.to_vec(), b"staged".to_vec());
+        }
+        *staging.entry(b"\x01d").unwrap() = None;
+        *staging.entry(b"\x01f").unwrap() = Some(b"changed".to_vec());
+        let rows = staging.scan_prefix(&[0x01], 10).unwrap();
+        let expected: Vec<RawRecord> = [
+            (&b"\x01a"[..], &b"staged"[..]),
+            (b"\x01b", b"base"),
+            (b"\x01c", b"staged"),
+            (b"\x01e", b"staged"),
+            (b"\x01f", b"changed"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_vec(), v.to_vec()))
+        .collect();
+        assert_eq!(rows, expected);
+        assert_eq!(staging.scan_prefix(&[0x01], 2).unwrap(), expected[..2]);
+        let all = staging.scan_all().unwrap();
+        assert_eq!(all.len(), 7);
+        assert_eq!(
+            staging
+                .with_record(b"\x01f", |v| v.map(<[u8]>::to_vec))
+                .unwrap(),
+            Some(b"changed".to_vec())
+        );
+        assert!(staging.with_record(b"\x01d", |v| v.is_none()).unwrap());
+        assert_eq!(
+            staging
+                .with_record(b"\x02a", |v| v.map(<[u8]>::len))
+                .unwrap(),
+            Some(4)
+        );
+    }
+}
