@@ -56,17 +56,100 @@ pub trait IdGenerator: Send + Sync {
 }
 
 /// UUID v7 ids from the system clock and the operating system's randomness.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct UuidV7Generator;
+///
+/// Random bytes are drawn from the operating system in blocks rather than
+/// one system call per id (that call measured as a visible share of the
+/// append path), and ids from one generator always increase, as those of
+/// `uuid::Uuid::now_v7` do: an id that would not be above the previous one
+/// is the previous one plus one.
+#[derive(Debug, Default)]
+pub struct UuidV7Generator {
+    state: std::sync::Mutex<V7State>,
+}
+
+/// Random bytes drawn per system call: enough for 64 ids.
+const RANDOM_POOL_BYTES: usize = 64 * V7_RANDOM_BYTES;
+/// Random bytes per id: 74 random bits, rounded up.
+const V7_RANDOM_BYTES: usize = 10;
+
+#[derive(Debug)]
+struct V7State {
+    pool: [u8; RANDOM_POOL_BYTES],
+    used: usize,
+    /// The last id as a 122-bit number: millisecond timestamp, then the
+    /// 74 random bits (version and variant bits left out).
+    last: u128,
+}
+
+impl Default for V7State {
+    fn default() -> Self {
+        Self {
+            pool: [0; RANDOM_POOL_BYTES],
+            // Empty: the first id fills the pool.
+            used: RANDOM_POOL_BYTES,
+            last: 0,
+        }
+    }
+}
+
+const RAND_B_BITS: u32 = 62;
+const RAND_B_MASK: u128 = (1 << RAND_B_BITS) - 1;
+
+/// The 122 significant bits of a v7 UUID, in order.
+fn v7_number(id: u128) -> u128 {
+    let millis = id >> 80;
+    let rand_a = (id >> 64) & 0xfff;
+    (millis << 74) | (rand_a << RAND_B_BITS) | (id & RAND_B_MASK)
+}
+
+/// The v7 UUID (version 7, RFC 4122 variant) of a 122-bit number.
+fn v7_from_number(n: u128) -> u128 {
+    let millis = (n >> 74) & 0xffff_ffff_ffff;
+    let rand_a = (n >> RAND_B_BITS) & 0xfff;
+    (millis << 80) | (0x7 << 76) | (rand_a << 64) | (0b10 << 62) | (n & RAND_B_MASK)
+}
+
+impl UuidV7Generator {
+    /// A generator with an empty pool.
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
 
 impl IdGenerator for UuidV7Generator {
     fn next_id(&self) -> EventId {
-        // `now_v7` always yields a version-7 UUID, which is all `EventId`
-        // checks; fall back to a counter-built id rather than panic if that
-        // ever changed.
-        let id = uuid::Uuid::now_v7();
+        let Ok(mut st) = self.state.lock() else {
+            return os_v7();
+        };
+        if st.used + V7_RANDOM_BYTES > RANDOM_POOL_BYTES {
+            if getrandom::fill(&mut st.pool).is_err() {
+                return os_v7();
+            }
+            st.used = 0;
+        }
+        let mut random = [0u8; V7_RANDOM_BYTES];
+        if let Some(src) = st.pool.get(st.used..st.used + V7_RANDOM_BYTES) {
+            random.copy_from_slice(src);
+        }
+        st.used += V7_RANDOM_BYTES;
+        let millis = std::time::SystemTime::UNIX_EPOCH
+            .elapsed()
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        let fresh = uuid::Builder::from_unix_timestamp_millis(millis, &random).into_uuid();
+        let n = v7_number(fresh.as_u128()).max(st.last.saturating_add(1));
+        st.last = n;
+        let id = uuid::Uuid::from_u128(v7_from_number(n));
         EventId::new(id).unwrap_or_else(|_| counter_id(0, 0))
     }
+}
+
+/// An id straight from `uuid`, which asks the operating system itself
+/// (used only if the pool cannot be filled).
+fn os_v7() -> EventId {
+    // `now_v7` always yields a version-7 UUID, which is all `EventId`
+    // checks; fall back to a counter-built id rather than panic if that
+    // ever changed.
+    EventId::new(uuid::Uuid::now_v7()).unwrap_or_else(|_| counter_id(0, 0))
 }
 
 /// Deterministic v7-shaped ids from a counter, for tests and simulation.
@@ -124,6 +207,25 @@ mod tests {
         let c = SteppingClock::new(Timestamp::from_unix_micros(1_000), 10);
         assert_eq!(c.now().unix_micros(), 1_000);
         assert_eq!(c.now().unix_micros(), 1_010);
+    }
+
+    #[test]
+    fn system_ids_are_v7_and_increase() {
+        let g = UuidV7Generator::new();
+        let mut last = g.next_id();
+        for _ in 0..10 * RANDOM_POOL_BYTES {
+            let id = g.next_id();
+            assert!(id > last, "{id} after {last}");
+            assert!(EventId::parse(&id.to_string()).is_ok());
+            last = id;
+        }
+        // The number form is exact, and carries into the timestamp.
+        let id = uuid::Uuid::now_v7().as_u128();
+        assert_eq!(v7_from_number(v7_number(id)), id);
+        let top = v7_from_number((1 << 74) - 1);
+        let next = v7_from_number(1 << 74);
+        assert!(next > top);
+        assert_eq!(uuid::Uuid::from_u128(next).get_version_num(), 7);
     }
 
     #[test]

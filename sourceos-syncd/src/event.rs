@@ -175,13 +175,29 @@ impl<'de> Deserialize<'de> for Payload {
         // The envelope's total size is bounded on read; only the shape is
         // checked here so that reading stays a copy.
         let text = String::deserialize(d)?;
-        if !(text.starts_with('{') && text.ends_with('}')) || text == "{}" {
+        if !Payload::is_stored_shape(&text) {
             return Err(serde::de::Error::custom(
                 "payload is not the text of a non-empty JSON object",
             ));
         }
         Ok(Self {
             json: Some(text.into_boxed_str()),
+            parsed: std::sync::OnceLock::new(),
+        })
+    }
+}
+
+impl Payload {
+    /// The shape a stored payload text must have: a non-empty JSON object.
+    /// Only the shape is checked on read, so that reading stays a copy.
+    fn is_stored_shape(text: &str) -> bool {
+        text.starts_with('{') && text.ends_with('}') && text != "{}"
+    }
+
+    /// A payload read from stored text, if it has the stored shape.
+    fn from_stored_text(text: &str) -> Option<Self> {
+        Self::is_stored_shape(text).then(|| Self {
+            json: Some(Box::from(text)),
             parsed: std::sync::OnceLock::new(),
         })
     }
@@ -275,6 +291,64 @@ struct Unsealed<'a> {
     prev: &'a Digest,
 }
 
+impl Unsealed<'_> {
+    /// Writes the map exactly as the derived `Serialize` through the
+    /// general encoder would (same entries, order and shortest-form
+    /// heads; a test holds the two to the same bytes), without the
+    /// generic machinery: sealing runs for every appended event.
+    fn encode_into(&self, out: &mut Vec<u8>) {
+        use codec::write;
+        let optional = [
+            self.subject.is_some(),
+            self.session.is_some(),
+            self.idem.is_some(),
+            !self.payload.is_empty(),
+            self.oseq.is_some(),
+            self.ohash.is_some(),
+        ];
+        let entries = 7 + optional.iter().filter(|p| **p).count() as u64;
+        write::map_header(entries, out);
+        write::text("seq", out);
+        write::uint(self.seq.get(), out);
+        write::text("id", out);
+        write::bytes(self.id.as_bytes(), out);
+        write::text("at", out);
+        self.at.write_text(out);
+        write::text("origin", out);
+        write::text(self.origin.as_str(), out);
+        write::text("actor", out);
+        write::text(self.actor.as_str(), out);
+        write::text("kind", out);
+        write::text(self.kind.as_str(), out);
+        if let Some(s) = self.subject {
+            write::text("subject", out);
+            write::text(s.as_str(), out);
+        }
+        if let Some(s) = self.session {
+            write::text("session", out);
+            write::text(s.as_str(), out);
+        }
+        if let Some(k) = self.idem {
+            write::text("idem", out);
+            write::text(k.as_str(), out);
+        }
+        if !self.payload.is_empty() {
+            write::text("payload", out);
+            write::text(self.payload.json_text(), out);
+        }
+        if let Some(s) = self.oseq {
+            write::text("oseq", out);
+            write::uint(s.get(), out);
+        }
+        if let Some(h) = self.ohash {
+            write::text("ohash", out);
+            write::bytes(h.as_bytes(), out);
+        }
+        write::text("prev", out);
+        write::bytes(self.prev.as_bytes(), out);
+    }
+}
+
 /// What the log supplies when it seals a draft.
 #[derive(Debug, Clone)]
 pub(crate) struct SealContext {
@@ -349,7 +423,21 @@ pub enum EventDamage {
 impl Envelope {
     /// Seals a draft: fills in what the log supplies, hashes, encodes.
     /// Returns the envelope and its stored bytes.
+    #[cfg(test)]
     pub(crate) fn seal(draft: EventDraft, ctx: SealContext) -> Result<(Self, Vec<u8>), SealError> {
+        let mut bytes = Vec::with_capacity(320);
+        let envelope = Self::seal_to(draft, ctx, &mut bytes)?;
+        Ok((envelope, bytes))
+    }
+
+    /// Seals a draft into `bytes` (cleared first), so that a caller sealing
+    /// many events reuses one buffer. On error `bytes` holds nothing useful.
+    pub(crate) fn seal_to(
+        draft: EventDraft,
+        ctx: SealContext,
+        bytes: &mut Vec<u8>,
+    ) -> Result<Self, SealError> {
+        bytes.clear();
         let EventDraft {
             actor,
             kind,
@@ -377,9 +465,8 @@ impl Envelope {
             ohash: &ohash,
             prev: &ctx.prev,
         };
-        let mut bytes = Vec::with_capacity(320);
-        codec::encode_into("event envelope", &unsealed, &mut bytes)?;
-        let hash = Digest::of(&bytes);
+        unsealed.encode_into(bytes);
+        let hash = Digest::of(bytes);
         let header = bytes.first().copied().unwrap_or(0);
         if !(MAP_HEADER_BASE..MAP_HEADER_MAX_INLINE).contains(&header) {
             return Err(SealError::UnexpectedHeader(header));
@@ -411,7 +498,7 @@ impl Envelope {
             prev: ctx.prev,
             hash,
         };
-        Ok((envelope, bytes))
+        Ok(envelope)
     }
 
     /// Verifies stored bytes and decodes them: the hash is recomputed over
@@ -419,7 +506,7 @@ impl Envelope {
     /// carry that same hash.
     pub fn verify(bytes: &[u8]) -> Result<Envelope, EventDamage> {
         let stored = Self::check_hash(bytes)?;
-        let envelope: Envelope = codec::decode("event envelope", bytes)?;
+        let envelope = Self::decode(bytes)?;
         if envelope.hash != stored {
             return Err(EventDamage::Framing(
                 "decoded hash differs from the hash entry",
@@ -437,7 +524,88 @@ impl Envelope {
                 max_bytes: MAX_ENVELOPE_BYTES,
             });
         }
-        Ok(codec::decode("event envelope", bytes)?)
+        Ok(Self::decode(bytes)?)
+    }
+
+    /// Decodes an envelope: first as the layout the log writes, which is
+    /// every stored event in practice; anything else goes to the general
+    /// decoder, which accepts exactly what it always accepted (an unusual
+    /// but valid encoding) and names what is wrong with the rest.
+    fn decode(bytes: &[u8]) -> Result<Envelope, DecodeError> {
+        match Self::decode_layout(bytes) {
+            Some(envelope) => Ok(envelope),
+            None => codec::decode("event envelope", bytes),
+        }
+    }
+
+    /// Reads the stored layout (see `docs/storage.md`): a definite-length
+    /// map with the keys in their fixed order, optional ones left out,
+    /// every value in its expected type and accepted by the same validating
+    /// constructor the general decoder uses, and nothing after it. `None`
+    /// for anything else. This skips the generic machinery of the general
+    /// decoder, which was the largest cost of reading the log.
+    fn decode_layout(bytes: &[u8]) -> Option<Envelope> {
+        let mut r = codec::Reader::new(bytes);
+        let entries = r.map_header()?;
+        let mut read = 8u64;
+        let seq = r.key("seq").then(|| r.uint())??;
+        let seq = Seq::new(seq).ok()?;
+        let id = r.key("id").then(|| r.bytes())??;
+        let id = EventId::new(uuid::Uuid::from_bytes(id.try_into().ok()?)).ok()?;
+        let at = Timestamp::parse(r.key("at").then(|| r.text())??).ok()?;
+        let origin = DeviceId::new(r.key("origin").then(|| r.text())??).ok()?;
+        let actor = ActorId::new(r.key("actor").then(|| r.text())??).ok()?;
+        let kind = EventKind::new(r.key("kind").then(|| r.text())??).ok()?;
+        let mut optional = |r: &mut codec::Reader<'_>, key: &str| {
+            let present = r.key(key);
+            read += u64::from(present);
+            present
+        };
+        let subject = match optional(&mut r, "subject") {
+            true => Some(Subject::new(r.text()?).ok()?),
+            false => None,
+        };
+        let session = match optional(&mut r, "session") {
+            true => Some(SessionRef::new(r.text()?).ok()?),
+            false => None,
+        };
+        let idem = match optional(&mut r, "idem") {
+            true => Some(IdempotencyKey::new(r.text()?).ok()?),
+            false => None,
+        };
+        let payload = match optional(&mut r, "payload") {
+            true => Payload::from_stored_text(r.text()?)?,
+            false => Payload::empty(),
+        };
+        let oseq = match optional(&mut r, "oseq") {
+            true => Some(Seq::new(r.uint()?).ok()?),
+            false => None,
+        };
+        let ohash = match optional(&mut r, "ohash") {
+            true => Some(Digest::from_slice(r.bytes()?).ok()?),
+            false => None,
+        };
+        let prev = Digest::from_slice(r.key("prev").then(|| r.bytes())??).ok()?;
+        let hash = Digest::from_slice(r.key("hash").then(|| r.bytes())??).ok()?;
+        if entries != read || !r.is_empty() {
+            return None;
+        }
+        Some(Envelope {
+            seq,
+            id,
+            at,
+            origin,
+            actor,
+            kind,
+            subject,
+            session,
+            idem,
+            payload,
+            oseq,
+            ohash,
+            prev,
+            hash,
+        })
     }
 
     /// Recomputes the hash of stored bytes and compares it with the stored
@@ -534,6 +702,10 @@ impl Envelope {
     /// Its idempotency key.
     pub fn idempotency_key(&self) -> Option<&IdempotencyKey> {
         self.idem.as_ref()
+    }
+    /// Its idempotency key, taking the envelope apart.
+    pub(crate) fn into_idempotency_key(self) -> Option<IdempotencyKey> {
+        self.idem
     }
     /// Its payload.
     pub fn payload(&self) -> &Payload {
@@ -731,5 +903,179 @@ mod tests {
         let mut c = ctx(u64::MAX);
         c.origin = DeviceId::new("d".repeat(DeviceId::MAX_BYTES)).unwrap();
         assert!(Envelope::seal(d, c).is_ok());
+    }
+
+    /// A sealed envelope with every optional entry (an imported event with
+    /// subject, session, key and payload) and one with none.
+    fn samples() -> Vec<Vec<u8>> {
+        let mut full = draft();
+        full.session = Some(SessionRef::new("urn:srcos:session:s1").unwrap());
+        full.idempotency_key = Some(IdempotencyKey::new("k-ü-001").unwrap());
+        let mut c = ctx(300);
+        c.foreign = Some((Seq::new(70_000).unwrap(), Digest::of(b"there")));
+        let bare = EventDraft::new(
+            ActorId::new("actor:a").unwrap(),
+            EventKind::new("note.added").unwrap(),
+        );
+        vec![
+            Envelope::seal(full, c).unwrap().1,
+            Envelope::seal(bare, ctx(1)).unwrap().1,
+        ]
+    }
+
+    /// The general decoder, which the layout decoder must agree with.
+    fn general(bytes: &[u8]) -> Result<Envelope, DecodeError> {
+        codec::decode("event envelope", bytes)
+    }
+
+    #[test]
+    fn layout_decoder_reads_what_sealing_writes() {
+        for bytes in samples() {
+            let fast = Envelope::decode_layout(&bytes).expect("the stored layout");
+            assert_eq!(Ok(fast), general(&bytes));
+        }
+    }
+
+    /// Every truncation and every single-byte substitution (all 256 values
+    /// at every position): the layout decoder never accepts what the
+    /// general decoder refuses, never reads a different value, and the
+    /// decoder the log uses gives exactly the general decoder's answer,
+    /// error text included.
+    #[test]
+    fn layout_decoder_agrees_on_every_truncation_and_substitution() {
+        let check = |bytes: &[u8]| {
+            let want = general(bytes);
+            if let Some(fast) = Envelope::decode_layout(bytes) {
+                assert_eq!(Ok(fast), want, "layout decoder accepted {bytes:02x?}");
+            }
+            assert_eq!(Envelope::decode(bytes), want, "{bytes:02x?}");
+        };
+        for bytes in samples() {
+            for len in 0..bytes.len() {
+                check(&bytes[..len]);
+            }
+            let mut longer = bytes.clone();
+            longer.push(0);
+            check(&longer);
+            for i in 0..bytes.len() {
+                for v in 0..=255u8 {
+                    let mut m = bytes.clone();
+                    m[i] = v;
+                    check(&m);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn an_unusual_but_valid_encoding_still_decodes() {
+        // seq written in a longer form than needed: not the layout the log
+        // writes, but valid CBOR that the general decoder has always read.
+        let (env, bytes) = Envelope::seal(draft(), ctx(5)).unwrap();
+        let mut long = vec![bytes[0]];
+        long.extend_from_slice(&[0x63, b's', b'e', b'q', 0x1b, 0, 0, 0, 0, 0, 0, 0, 5]);
+        long.extend_from_slice(&bytes[6..]);
+        assert!(Envelope::decode_layout(&long).is_some_and(|e| e == env));
+        // Entries in another order: also valid, also not the layout.
+        let (seq_entry, id_entry) = (&bytes[1..6], &bytes[6..26]);
+        assert_eq!(seq_entry, [0x63, b's', b'e', b'q', 0x05]);
+        let mut reordered = vec![bytes[0]];
+        reordered.extend_from_slice(id_entry);
+        reordered.extend_from_slice(seq_entry);
+        reordered.extend_from_slice(&bytes[26..]);
+        assert!(Envelope::decode_layout(&reordered).is_none());
+        assert_eq!(Envelope::decode(&reordered), Ok(env));
+    }
+
+    fn text_of(max: usize) -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        proptest::collection::vec(
+            prop_oneof![
+                Just('a'),
+                Just('Z'),
+                Just('7'),
+                Just(':'),
+                Just('-'),
+                Just('#')
+            ],
+            1..=max,
+        )
+        .prop_map(|v| v.into_iter().collect())
+    }
+
+    fn any_draft() -> impl proptest::strategy::Strategy<Value = (EventDraft, SealContext)> {
+        use proptest::prelude::*;
+        let ids = (
+            text_of(ActorId::MAX_BYTES),
+            "[a-z]{1,30}(\\.[a-z_0-9-]{1,30}){0,3}",
+            proptest::option::of(text_of(Subject::MAX_BYTES)),
+            proptest::option::of(text_of(SessionRef::MAX_BYTES)),
+            proptest::option::of("\\PC{1,60}"),
+            proptest::option::of("\\PC{0,300}"),
+        );
+        let ctx = (
+            1..=u64::MAX,
+            any::<[u8; 16]>(),
+            -62_167_219_200_000_000i64..=253_402_300_799_999_999,
+            text_of(DeviceId::MAX_BYTES),
+            proptest::option::of((1..=u64::MAX, any::<[u8; 32]>())),
+            any::<[u8; 32]>(),
+        );
+        (ids, ctx).prop_map(
+            |((actor, kind, subject, session, key, text), (seq, id, at, dev, foreign, prev))| {
+                let mut d =
+                    EventDraft::new(ActorId::new(actor).unwrap(), EventKind::new(kind).unwrap());
+                d.subject = subject.map(|s| Subject::new(s).unwrap());
+                d.session = session.map(|s| SessionRef::new(s).unwrap());
+                d.idempotency_key = key.map(|k| IdempotencyKey::new(k).unwrap());
+                d.payload = match text {
+                    Some(t) => Payload::new(json!({ "t": t, "n": seq })).unwrap(),
+                    None => Payload::empty(),
+                };
+                let id = uuid::Builder::from_random_bytes(id).into_uuid();
+                let mut v7 = *id.as_bytes();
+                v7[6] = (v7[6] & 0x0f) | 0x70;
+                let c = SealContext {
+                    seq: Seq::new(seq).unwrap(),
+                    id: EventId::new(uuid::Uuid::from_bytes(v7)).unwrap(),
+                    at: Timestamp::from_unix_micros(at),
+                    origin: DeviceId::new(dev).unwrap(),
+                    foreign: foreign.map(|(s, h)| (Seq::new(s).unwrap(), Digest::from_bytes(h))),
+                    prev: Digest::from_bytes(prev),
+                };
+                (d, c)
+            },
+        )
+    }
+
+    proptest::proptest! {
+        /// The hand-written encoder writes the same bytes as the derived
+        /// serialisation through the general encoder, and the layout
+        /// decoder reads back what the general decoder reads.
+        #[test]
+        fn layout_codec_matches_the_general_codec((d, c) in any_draft()) {
+            let foreign = c.foreign;
+            let unsealed = Unsealed {
+                seq: c.seq,
+                id: &c.id,
+                at: &c.at,
+                origin: &c.origin,
+                actor: &d.actor,
+                kind: &d.kind,
+                subject: &d.subject,
+                session: &d.session,
+                idem: &d.idempotency_key,
+                payload: &d.payload,
+                oseq: &foreign.map(|f| f.0),
+                ohash: &foreign.map(|f| f.1),
+                prev: &c.prev,
+            };
+            let mut ours = Vec::new();
+            unsealed.encode_into(&mut ours);
+            proptest::prop_assert_eq!(&ours, &codec::encode("unsealed", &unsealed).unwrap());
+            let (env, bytes) = Envelope::seal(d, c).unwrap();
+            proptest::prop_assert_eq!(Envelope::decode_layout(&bytes), Some(env.clone()));
+            proptest::prop_assert_eq!(general(&bytes), Ok(env));
+        }
     }
 }

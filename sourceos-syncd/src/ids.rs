@@ -82,6 +82,21 @@ impl Charset {
         }
     }
 
+    /// Whether `b` is an ASCII character this class allows (same answer as
+    /// [`Charset::allows`] for ASCII; false for every non-ASCII byte).
+    fn allows_ascii(self, b: u8) -> bool {
+        match self {
+            Charset::Ident => {
+                b.is_ascii_alphanumeric()
+                    || matches!(b, b'.' | b'_' | b'-' | b':' | b'/' | b'@' | b'+' | b'#')
+            }
+            Charset::Printable => b.is_ascii() && !b.is_ascii_control(),
+            Charset::Kind => {
+                b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'-')
+            }
+        }
+    }
+
     fn describe(self) -> &'static str {
         match self {
             Charset::Ident => "ASCII letters, digits and . _ - : / @ + #",
@@ -106,6 +121,11 @@ fn check_text(
             len: s.len(),
             max_bytes,
         });
+    }
+    // Almost every value is plain ASCII: check bytes first, and look for
+    // the offending character (or accept non-ASCII text) only otherwise.
+    if s.bytes().all(|b| charset.allows_ascii(b)) {
+        return Ok(());
     }
     if let Some((offset, found)) = s.char_indices().find(|(_, c)| !charset.allows(*c)) {
         return Err(InvalidValue::BadChar {
@@ -208,7 +228,9 @@ impl EventKind {
     pub fn new(raw: impl Into<String>) -> Result<Self, InvalidValue> {
         let raw = raw.into();
         check_text("event kind", &raw, Self::MAX_BYTES, Charset::Kind)?;
-        if raw.split('.').any(str::is_empty) {
+        // A segment is empty exactly when the kind starts or ends with a
+        // dot or has two in a row (it is not empty: checked above).
+        if raw.starts_with('.') || raw.ends_with('.') || raw.contains("..") {
             return Err(InvalidValue::Malformed {
                 what: "event kind",
                 value: truncated(&raw),
@@ -501,6 +523,11 @@ impl Timestamp {
 
     /// Parses RFC 3339 text (any offset; stored as UTC).
     pub fn parse(text: &str) -> Result<Self, InvalidValue> {
+        // The canonical form is what every stored event carries; any other
+        // form goes through the general parser.
+        if let Some(micros) = parse_canonical(text) {
+            return Ok(Self(micros));
+        }
         let parsed =
             chrono::DateTime::parse_from_rfc3339(text).map_err(|_| InvalidValue::Malformed {
                 what: "timestamp",
@@ -509,6 +536,50 @@ impl Timestamp {
             })?;
         Ok(Self(parsed.timestamp_micros()))
     }
+}
+
+/// Reads the canonical form `YYYY-MM-DDTHH:MM:SS.ffffffZ` (years 0000 to
+/// 9999, no leap second) as Unix microseconds; `None` for any other text,
+/// including every invalid date, which the general parser then judges.
+fn parse_canonical(text: &str) -> Option<i64> {
+    let b: &[u8; 27] = text.as_bytes().try_into().ok()?;
+    let seps = [(4, b'-'), (7, b'-'), (10, b'T'), (13, b':'), (16, b':')];
+    if seps.iter().any(|(i, c)| b.get(*i) != Some(c)) || b[19] != b'.' || b[26] != b'Z' {
+        return None;
+    }
+    let num = |from: usize, to: usize| -> Option<i64> {
+        b.get(from..to)?.iter().try_fold(0i64, |acc, d| {
+            d.is_ascii_digit().then(|| acc * 10 + i64::from(d - b'0'))
+        })
+    };
+    let (year, month, day) = (num(0, 4)?, num(5, 7)?, num(8, 10)?);
+    let (hour, minute, second) = (num(11, 13)?, num(14, 16)?, num(17, 19)?);
+    let micros = num(20, 26)?;
+    let leap = year % 4 == 0 && (year % 100 != 0 || year % 400 == 0);
+    let month_days = match month {
+        1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
+        4 | 6 | 9 | 11 => 30,
+        2 if leap => 29,
+        2 => 28,
+        _ => return None,
+    };
+    if !(1..=month_days).contains(&day) || hour > 23 || minute > 59 || second > 59 {
+        return None;
+    }
+    let days = days_from_civil(year, month, day);
+    Some(((days * 86_400 + hour * 3_600 + minute * 60 + second) * 1_000_000) + micros)
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (the inverse of
+/// [`civil_from_days`]).
+fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y.rem_euclid(400);
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
 }
 
 /// Year, month and day of a day count since 1970-01-01 (proleptic
@@ -528,19 +599,9 @@ fn civil_from_days(days: i64) -> (i64, i64, i64) {
 
 impl fmt::Display for Timestamp {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        // Written directly: this runs for every event sealed.
-        let secs = self.0.div_euclid(1_000_000);
-        let micros = self.0.rem_euclid(1_000_000);
-        let (year, month, day) = civil_from_days(secs.div_euclid(86_400));
-        if (0..=9999).contains(&year) {
-            let sod = secs.rem_euclid(86_400);
-            return write!(
-                f,
-                "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{micros:06}Z",
-                sod / 3_600,
-                sod % 3_600 / 60,
-                sod % 60
-            );
+        // Written directly: this runs for every event shown or sealed.
+        if let Some(text) = self.canonical_text() {
+            return f.write_str(std::str::from_utf8(&text).map_err(|_| fmt::Error)?);
         }
         match chrono::DateTime::<chrono::Utc>::from_timestamp_micros(self.0) {
             Some(dt) => write!(f, "{}", dt.format("%Y-%m-%dT%H:%M:%S%.6fZ")),
@@ -548,6 +609,47 @@ impl fmt::Display for Timestamp {
             // unambiguous instead of failing a Display call.
             None => write!(f, "unix-micros:{}", self.0),
         }
+    }
+}
+
+impl Timestamp {
+    /// Appends the canonical text as a CBOR text string (what serialising
+    /// it writes), without building a `String` first.
+    pub(crate) fn write_text(&self, out: &mut Vec<u8>) {
+        match self.canonical_text() {
+            Some(b) => crate::codec::write::text(std::str::from_utf8(&b).unwrap_or_default(), out),
+            None => crate::codec::write::text(&self.to_string(), out),
+        }
+    }
+
+    /// The canonical text for years 0000 to 9999, digit by digit: this
+    /// runs for every event sealed. `None` outside those years.
+    fn canonical_text(&self) -> Option<[u8; 27]> {
+        let secs = self.0.div_euclid(1_000_000);
+        let micros = self.0.rem_euclid(1_000_000);
+        let (year, month, day) = civil_from_days(secs.div_euclid(86_400));
+        if !(0..=9999).contains(&year) {
+            return None;
+        }
+        let sod = secs.rem_euclid(86_400);
+        let mut b = *b"0000-00-00T00:00:00.000000Z";
+        let fields = [
+            (0, 4, year),
+            (5, 2, month),
+            (8, 2, day),
+            (11, 2, sod / 3_600),
+            (14, 2, sod % 3_600 / 60),
+            (17, 2, sod % 60),
+            (20, 6, micros),
+        ];
+        for (at, width, mut value) in fields {
+            for slot in b.iter_mut().skip(at).take(width).rev() {
+                // `value` is non-negative here, so the digit is 0 to 9.
+                *slot = b'0' + (value % 10) as u8;
+                value /= 10;
+            }
+        }
+        Some(b)
     }
 }
 
@@ -663,5 +765,88 @@ mod tests {
         let v7 = uuid::Uuid::now_v7();
         assert!(EventId::new(v7).is_ok());
         assert!(EventId::parse(&v7.to_string()).is_ok());
+    }
+
+    fn chrono_micros(text: &str) -> Option<i64> {
+        chrono::DateTime::parse_from_rfc3339(text)
+            .ok()
+            .map(|t| t.timestamp_micros())
+    }
+
+    #[test]
+    fn canonical_timestamps_parse_as_the_general_parser_reads_them() {
+        // Day by day through leap and century years, year 0 and 9999.
+        let mut days = Vec::new();
+        for year in [0i64, 1, 4, 100, 1600, 1900, 1970, 2000, 2024, 2100, 9999] {
+            for day in 0..366 {
+                days.push(days_from_civil(year, 1, 1) + day);
+            }
+        }
+        for d in days {
+            for micros in [0, 1, 86_399_999_999, 43_200_123_456] {
+                let t = Timestamp::from_unix_micros(d * 86_400_000_000 + micros);
+                let text = t.to_string();
+                if text.len() != 27 {
+                    continue;
+                }
+                assert_eq!(parse_canonical(&text), Some(t.unix_micros()), "{text}");
+                assert_eq!(chrono_micros(&text), Some(t.unix_micros()), "{text}");
+            }
+        }
+    }
+
+    #[test]
+    fn canonical_timestamp_parser_never_accepts_what_chrono_refuses() {
+        // Every character at every position of a few dates, including the
+        // edges of months, leap days and the end of a day.
+        let bases = [
+            "2024-02-29T23:59:59.999999Z",
+            "2023-02-28T00:00:00.000000Z",
+            "0000-01-01T00:00:00.000000Z",
+            "9999-12-31T23:59:59.999999Z",
+            "2026-04-30T12:34:56.789012Z",
+        ];
+        for base in bases {
+            for i in 0..base.len() {
+                for c in (0x20u8..0x7f).chain([0u8, 0xc3]) {
+                    let mut b = base.as_bytes().to_vec();
+                    b[i] = c;
+                    let Ok(text) = String::from_utf8(b) else {
+                        continue;
+                    };
+                    if let Some(micros) = parse_canonical(&text) {
+                        assert_eq!(chrono_micros(&text), Some(micros), "{text}");
+                    }
+                    assert_eq!(
+                        Timestamp::parse(&text).ok().map(Timestamp::unix_micros),
+                        chrono_micros(&text),
+                        "{text}"
+                    );
+                }
+            }
+        }
+        for bad in [
+            "2023-02-29T00:00:00.000000Z",
+            "2024-13-01T00:00:00.000000Z",
+            "2024-04-31T00:00:00.000000Z",
+            "2024-01-01T24:00:00.000000Z",
+            "2024-01-01T00:60:00.000000Z",
+            "2024-01-00T00:00:00.000000Z",
+        ] {
+            assert_eq!(parse_canonical(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn ascii_fast_check_gives_the_same_answer_as_the_character_check() {
+        for charset in [Charset::Ident, Charset::Printable, Charset::Kind] {
+            for b in 0..=255u8 {
+                let expected = b.is_ascii() && charset.allows(char::from(b));
+                assert_eq!(charset.allows_ascii(b), expected, "byte {b:#04x}");
+            }
+        }
+        // Non-ASCII text still takes the character check.
+        assert!(IdempotencyKey::new("ünï").is_ok());
+        assert!(ActorId::new("actor:ü").is_err());
     }
 }

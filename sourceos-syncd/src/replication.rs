@@ -214,7 +214,7 @@ impl Store {
                 seq: seq.get(),
                 damage,
             })?;
-            out.push((env, v));
+            out.push((env, v.to_vec()));
         }
         Ok(out)
     }

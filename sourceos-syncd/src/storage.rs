@@ -116,6 +116,50 @@ pub(crate) struct DerivedTree {
 /// A raw key/value pair read from a tree.
 pub(crate) type RawPair = (Vec<u8>, Vec<u8>);
 
+/// A record's bytes as the engine returned them, read in place rather than
+/// copied: reading the whole log copied every event once more for nothing.
+pub(crate) struct StoredBytes(sled::IVec);
+
+impl std::ops::Deref for StoredBytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+/// New events for one atomic write to `events`, gathered as they are
+/// sealed: each envelope is copied once, from the sealing buffer into the
+/// engine's own record, instead of into a buffer of its own first.
+#[derive(Default)]
+pub(crate) struct EventRows {
+    batch: sled::Batch,
+    len: usize,
+}
+
+impl EventRows {
+    /// Adds one event's key and stored bytes.
+    pub(crate) fn push(&mut self, key: [u8; 8], value: &[u8]) {
+        self.batch.insert(&key, value);
+        self.len += 1;
+    }
+
+    /// True when no event was added.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+/// Key and value of a stored event.
+pub(crate) type StoredPair = (StoredBytes, StoredBytes);
+
+fn copied((k, v): (sled::IVec, sled::IVec)) -> RawPair {
+    (k.to_vec(), v.to_vec())
+}
+
+fn in_place((k, v): (sled::IVec, sled::IVec)) -> StoredPair {
+    (StoredBytes(k), StoredBytes(v))
+}
+
 impl Storage {
     /// Opens the database in `dir`, creating it if absent.
     pub(crate) fn open(dir: &Path, options: &StorageOptions) -> Result<Self, StorageError> {
@@ -210,23 +254,20 @@ impl Storage {
     pub(crate) fn events_from(
         &self,
         from: [u8; 8],
-    ) -> impl Iterator<Item = Result<RawPair, StorageError>> + '_ {
+    ) -> impl Iterator<Item = Result<StoredPair, StorageError>> + '_ {
         GuardedIter {
             inner: self.events.range(from..),
             dir: &self.dir,
             done: false,
+            convert: in_place,
         }
     }
 
     /// Inserts new events. The caller guarantees the keys are new and
     /// contiguous; nothing else in the crate writes to `events`.
-    pub(crate) fn events_append(&self, batch: Vec<([u8; 8], Vec<u8>)>) -> Result<(), StorageError> {
-        let mut b = sled::Batch::default();
-        for (k, v) in batch {
-            b.insert(&k, v);
-        }
+    pub(crate) fn events_append(&self, rows: EventRows) -> Result<(), StorageError> {
         guarded(&self.dir, "appending events to", || {
-            self.events.apply_batch(b)
+            self.events.apply_batch(rows.batch)
         })
     }
 
@@ -331,6 +372,7 @@ impl DerivedTree {
             inner: self.tree.iter(),
             dir: &self.dir,
             done: false,
+            convert: copied,
         }
     }
 
@@ -343,6 +385,7 @@ impl DerivedTree {
             inner: self.tree.scan_prefix(prefix),
             dir: &self.dir,
             done: false,
+            convert: copied,
         }
     }
 
@@ -384,14 +427,15 @@ impl DerivedTree {
     }
 }
 
-struct GuardedIter<'a> {
+struct GuardedIter<'a, T> {
     inner: sled::Iter,
     dir: &'a Path,
     done: bool,
+    convert: fn((sled::IVec, sled::IVec)) -> T,
 }
 
-impl Iterator for GuardedIter<'_> {
-    type Item = Result<RawPair, StorageError>;
+impl<T> Iterator for GuardedIter<'_, T> {
+    type Item = Result<T, StorageError>;
 
     fn next(&mut self) -> Option<Self::Item> {
         if self.done {
@@ -400,7 +444,7 @@ impl Iterator for GuardedIter<'_> {
         let step = catch_unwind(AssertUnwindSafe(|| self.inner.next()));
         let item = match step {
             Ok(None) => None,
-            Ok(Some(Ok((k, v)))) => Some(Ok((k.to_vec(), v.to_vec()))),
+            Ok(Some(Ok(pair))) => Some(Ok((self.convert)(pair))),
             Ok(Some(Err(e))) => Some(Err(classify(self.dir, e))),
             Err(p) => Some(Err(StorageError::Panicked {
                 doing: "iterating",

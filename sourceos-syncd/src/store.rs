@@ -26,7 +26,7 @@ use crate::projection::{
     self, idempotency, origins, registry, subjects, summary, Engine, FreshFold, Head,
     ProjectionError, ProjectionHealth, ProjectionStatus,
 };
-use crate::storage::{Storage, StorageError, StorageOptions};
+use crate::storage::{EventRows, Storage, StorageError, StorageOptions};
 
 /// On-disk format version written to `meta`.
 pub const FORMAT_VERSION: u32 = 1;
@@ -95,7 +95,7 @@ impl Default for OpenOptions {
             catch_up: true,
             storage: StorageOptions::default(),
             clock: Arc::new(SystemClock),
-            ids: Arc::new(UuidV7Generator),
+            ids: Arc::new(UuidV7Generator::new()),
             policy: Arc::new(LocalPolicy::default()),
         }
     }
@@ -341,8 +341,10 @@ fn decision_id_of(d: &EventDraft) -> String {
 /// Events sealed in one group commit, not yet durable.
 struct Batch {
     head: Head,
-    rows: Vec<([u8; 8], Vec<u8>)>,
-    in_batch: HashMap<IdempotencyKey, (Seq, Digest)>,
+    rows: EventRows,
+    /// Reused for each envelope sealed in the group.
+    scratch: Vec<u8>,
+    in_batch: hashbrown::HashMap<IdempotencyKey, (Seq, Digest)>,
     in_batch_origins: HashMap<(DeviceId, Seq), (Seq, Digest)>,
 }
 
@@ -821,8 +823,9 @@ impl Store {
         }
         let mut b = Batch {
             head: st.head,
-            rows: Vec::new(),
-            in_batch: HashMap::new(),
+            rows: EventRows::default(),
+            scratch: Vec::with_capacity(512),
+            in_batch: hashbrown::HashMap::new(),
             in_batch_origins: HashMap::new(),
         };
         let outcomes = match self.seal_batch(st, &mut b, batch) {
@@ -1010,7 +1013,6 @@ impl Store {
     ) -> Result<AppendOutcome, AppendError> {
         let seq = Seq::new(b.head.seq.checked_add(1).ok_or(AppendError::Exhausted)?)
             .map_err(|_| AppendError::Exhausted)?;
-        let key = draft.idempotency_key.clone();
         let origin_slot = origin.as_ref().map(|(_, _, o)| (o.device.clone(), o.seq));
         let ctx = match origin {
             None => SealContext {
@@ -1030,26 +1032,23 @@ impl Store {
                 prev: b.head.hash,
             },
         };
-        let (env, bytes) = match Envelope::seal(draft, ctx) {
+        let env = match Envelope::seal_to(draft, ctx, &mut b.scratch) {
             Err(e) => {
                 return Ok(AppendOutcome::Rejected {
                     reason: e.to_string(),
                 })
             }
-            Ok(sealed) => sealed,
+            Ok(env) => env,
         };
         b.head = Head {
             seq: seq.get(),
             hash: env.hash(),
         };
-        if let Some(k) = key {
-            b.in_batch.entry(k).or_insert((seq, env.hash()));
-        }
         if let Some(slot) = origin_slot {
             b.in_batch_origins
                 .insert(slot, (seq, env.origin_ref().hash));
         }
-        b.rows.push((seq.to_key(), bytes));
+        b.rows.push(seq.to_key(), &b.scratch);
         // Fold now (staged only, nothing written) so that later drafts of
         // this group are admitted against the state this one creates. If
         // the group does not become durable the store is poisoned and this
@@ -1058,11 +1057,13 @@ impl Store {
             st.poisoned = Some(format!("derived state failed while folding: {e}"));
             return Err(AppendError::Poisoned(e.to_string()));
         }
-        Ok(AppendOutcome::Appended {
-            seq,
-            hash: env.hash(),
-            id: env.id(),
-        })
+        let (hash, id) = (env.hash(), env.id());
+        // The envelope is not needed any more: its key moves into the
+        // group's index rather than being copied.
+        if let Some(k) = env.into_idempotency_key() {
+            b.in_batch.entry(k).or_insert((seq, hash));
+        }
+        Ok(AppendOutcome::Appended { seq, hash, id })
     }
 
     /// Asks the policy hook about an object mutation. Decisions of an
@@ -1233,7 +1234,7 @@ impl Store {
         }
         let mut st = lock(&self.inner.state).map_err(AppendError::Poisoned)?;
         let mut head = st.head;
-        let mut rows = Vec::with_capacity(events.len());
+        let mut rows = EventRows::default();
         for env in &events {
             if env.seq().get() != head.seq + 1 || env.prev_hash() != head.hash {
                 return Err(AppendError::LogDamaged(format!(
@@ -1245,7 +1246,7 @@ impl Store {
             let bytes = env
                 .to_stored_bytes()
                 .map_err(|e| AppendError::LogDamaged(format!("event {}: {e}", env.seq())))?;
-            rows.push((env.seq().to_key(), bytes));
+            rows.push(env.seq().to_key(), &bytes);
             head = Head {
                 seq: env.seq().get(),
                 hash: env.hash(),
@@ -1372,7 +1373,7 @@ impl Store {
     pub(crate) fn scan_raw(
         &self,
         from: Seq,
-    ) -> impl Iterator<Item = Result<(Vec<u8>, Vec<u8>), StorageError>> + '_ {
+    ) -> impl Iterator<Item = Result<crate::storage::StoredPair, StorageError>> + '_ {
         self.inner.storage.events_from(from.to_key())
     }
 

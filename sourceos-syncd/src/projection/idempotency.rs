@@ -119,14 +119,12 @@ pub(crate) fn lookup(
     key: &IdempotencyKey,
 ) -> Result<Option<Seq>, ProjectionError> {
     let d = digest(key);
-    let Some(bucket) = state.get(&bucket_key(&d))? else {
-        return Ok(None);
-    };
-    match search(&bucket, &d) {
-        Err(_) => Ok(None),
-        Ok(at) => Ok(bucket
+    state.with_record(&bucket_key(&d), |bucket| {
+        let bucket = bucket?;
+        let at = search(bucket, &d).ok()?;
+        bucket
             .get(at + DIGEST_LEN..at + ENTRY_LEN)
             .and_then(read_u64)
-            .and_then(|n| Seq::new(n).ok())),
-    }
+            .and_then(|n| Seq::new(n).ok())
+    })
 }

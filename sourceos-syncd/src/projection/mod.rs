@@ -150,7 +150,11 @@ pub(crate) fn unframe<'a>(tree: &str, key: &[u8], value: &'a [u8]) -> Result<&'a
 pub struct Staging {
     tree_name: String,
     base: Option<DerivedTree>,
-    dirty: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+    /// Staged writes by key (`None` deletes). A hash map: folding looks
+    /// up several records per event, and ordered lookups over thousands of
+    /// keys with long common prefixes measured as the largest cost of a
+    /// fold; the few readers that need key order sort what they take.
+    dirty: hashbrown::HashMap<Vec<u8>, Option<Vec<u8>>>,
     /// Records read from the base tree (including absent ones), so that
     /// hot records (an actor, an idempotency bucket, a subject's tail) are
     /// not fetched, checksummed and copied again for every event. Every
@@ -164,7 +168,7 @@ const READ_CACHE_BYTES: usize = 32 * 1024 * 1024;
 
 #[derive(Default)]
 struct ReadCache {
-    records: std::collections::HashMap<Vec<u8>, Option<Vec<u8>>>,
+    records: hashbrown::HashMap<Vec<u8>, Option<Vec<u8>>>,
     bytes: usize,
 }
 
@@ -185,7 +189,7 @@ impl Staging {
         Self {
             tree_name,
             base,
-            dirty: BTreeMap::new(),
+            dirty: hashbrown::HashMap::new(),
             cache: std::cell::RefCell::new(ReadCache::default()),
         }
     }
@@ -203,19 +207,7 @@ impl Staging {
     }
 
     fn load(&self, key: &[u8]) -> Result<Option<Vec<u8>>, ProjectionError> {
-        let Some(base) = &self.base else {
-            return Ok(None);
-        };
-        match base.get(key)? {
-            None => Ok(None),
-            Some(raw) => unframe(&self.tree_name, key, &raw)
-                .map(|p| Some(p.to_vec()))
-                .map_err(|reason| ProjectionError::Damaged {
-                    tree: self.tree_name.clone(),
-                    key: key_hex(key),
-                    reason,
-                }),
-        }
+        load(self.base.as_ref(), &self.tree_name, key)
     }
 
     /// Reads a record's payload.
@@ -226,26 +218,49 @@ impl Staging {
         }
     }
 
+    /// Runs `f` on a record's payload where it lies (staged, cached or
+    /// just loaded), without copying it out: lookups in large records (an
+    /// idempotency bucket) run for every appended event.
+    pub(crate) fn with_record<R>(
+        &self,
+        key: &[u8],
+        f: impl FnOnce(Option<&[u8]>) -> R,
+    ) -> Result<R, ProjectionError> {
+        if let Some(v) = self.dirty.get(key) {
+            return Ok(f(v.as_deref()));
+        }
+        if let Some(hit) = self.cache.borrow().records.get(key) {
+            return Ok(f(hit.as_deref()));
+        }
+        let loaded = self.load(key)?;
+        let out = f(loaded.as_deref());
+        if self.base.is_some() {
+            self.cache.borrow_mut().insert(key.to_vec(), loaded);
+        }
+        Ok(out)
+    }
+
     /// A mutable slot for a record, loaded from the base on first use.
     /// Setting it to `None` deletes the record.
     pub(crate) fn entry(&mut self, key: &[u8]) -> Result<&mut Option<Vec<u8>>, ProjectionError> {
-        if !self.dirty.contains_key(key) {
-            // A record about to change leaves the cache; it comes back,
-            // as written, when the staging is flushed.
-            let cached = self.cache.get_mut().records.remove(key);
-            let loaded = match cached {
-                Some(v) => v,
-                None => self.load(key)?,
-            };
-            self.dirty.insert(key.to_vec(), loaded);
+        let Self {
+            tree_name,
+            base,
+            dirty,
+            cache,
+        } = self;
+        match dirty.entry_ref(key) {
+            hashbrown::hash_map::EntryRef::Occupied(o) => Ok(o.into_mut()),
+            hashbrown::hash_map::EntryRef::Vacant(v) => {
+                // A record about to change leaves the cache; it comes back,
+                // as written, when the staging is flushed.
+                let loaded = match cache.get_mut().records.remove(key) {
+                    Some(cached) => cached,
+                    None => load(base.as_ref(), tree_name, key)?,
+                };
+                Ok(v.insert(loaded))
+            }
         }
-        self.dirty
-            .get_mut(key)
-            .ok_or_else(|| ProjectionError::Damaged {
-                tree: self.tree_name.clone(),
-                key: key_hex(key),
-                reason: "staged record vanished".to_owned(),
-            })
     }
 
     /// Stages a record.
@@ -310,10 +325,7 @@ impl Staging {
                 }
             }
         }
-        for (k, v) in self.dirty.range(prefix.to_vec()..) {
-            if !k.starts_with(prefix) {
-                break;
-            }
+        for (k, v) in self.dirty.iter().filter(|(k, _)| k.starts_with(prefix)) {
             match v {
                 Some(v) => out.insert(k.clone(), v.clone()),
                 None => out.remove(k),
@@ -347,6 +359,27 @@ impl Staging {
             .into_iter()
             .filter_map(|(k, v)| v.map(|v| (k, v)))
             .collect()
+    }
+}
+
+/// A record's payload from a base tree, checksum verified.
+fn load(
+    base: Option<&DerivedTree>,
+    tree_name: &str,
+    key: &[u8],
+) -> Result<Option<Vec<u8>>, ProjectionError> {
+    let Some(base) = base else {
+        return Ok(None);
+    };
+    match base.get(key)? {
+        None => Ok(None),
+        Some(raw) => unframe(tree_name, key, &raw)
+            .map(|p| Some(p.to_vec()))
+            .map_err(|reason| ProjectionError::Damaged {
+                tree: tree_name.to_owned(),
+                key: key_hex(key),
+                reason,
+            }),
     }
 }
 
@@ -801,6 +834,42 @@ pub(crate) fn builtin_named(name: &str) -> Option<Box<dyn Projection>> {
     builtin().into_iter().find(|p| p.name() == name)
 }
 
+/// Concatenates `parts` into a key and hands it to `f`, on the stack when
+/// it fits (every key a fold builds per event does: ids are bounded well
+/// below this), so that folding an event does not allocate a key it only
+/// looks up.
+pub(crate) fn with_key<R>(parts: &[&[u8]], f: impl FnOnce(&[u8]) -> R) -> R {
+    const STACK_KEY_BYTES: usize = 640;
+    let len: usize = parts.iter().map(|p| p.len()).sum();
+    let mut buf = [0u8; STACK_KEY_BYTES];
+    if let Some(key) = buf.get_mut(..len) {
+        let mut at = 0;
+        for p in parts {
+            if let Some(dst) = key.get_mut(at..at + p.len()) {
+                dst.copy_from_slice(p);
+            }
+            at += p.len();
+        }
+        return f(key);
+    }
+    f(&parts.concat())
+}
+
+/// Adds one to an 8-byte big-endian counter record (absent reads as 0),
+/// in place when the record is already there.
+pub(crate) fn bump_counter(slot: &mut Option<Vec<u8>>) {
+    match slot {
+        Some(v) if v.len() == 8 => {
+            let n = read_u64(v).unwrap_or(0).saturating_add(1);
+            v.copy_from_slice(&n.to_be_bytes());
+        }
+        _ => {
+            let n = slot.as_deref().and_then(read_u64).unwrap_or(0);
+            *slot = Some(n.saturating_add(1).to_be_bytes().to_vec());
+        }
+    }
+}
+
 /// Parses the 8-byte big-endian numbers that several projections store.
 pub(crate) fn read_u64(bytes: &[u8]) -> Option<u64> {
     let arr: [u8; 8] = bytes.get(..8)?.try_into().ok()?;
@@ -812,4 +881,83 @@ pub(crate) fn unpack_seqs(bytes: &[u8]) -> impl Iterator<Item = Option<Seq>> + '
     bytes
         .chunks(8)
         .map(|c| read_u64(c).and_then(|n| Seq::new(n).ok()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::{Storage, StorageOptions};
+
+    #[test]
+    fn keys_are_the_same_built_on_the_stack_or_not() {
+        let long = vec![b'x'; 700];
+        for parts in [
+            vec![&[1u8][..], b"object:a", &[0], &u32::MAX.to_be_bytes()],
+            vec![&[2u8][..], &long[..]],
+            vec![&long[..600], &long[..40]],
+            vec![&long[..600], &long[..41]],
+            vec![],
+        ] {
+            assert_eq!(with_key(&parts, <[u8]>::to_vec), parts.concat());
+        }
+    }
+
+    #[test]
+    fn counters_count_from_absent_and_replace_what_is_not_a_counter() {
+        let mut slot = None;
+        bump_counter(&mut slot);
+        bump_counter(&mut slot);
+        assert_eq!(slot, Some(2u64.to_be_bytes().to_vec()));
+        let mut long = Some([0, 0, 0, 0, 0, 0, 0, 7, 9].to_vec());
+        bump_counter(&mut long);
+        assert_eq!(long, Some(8u64.to_be_bytes().to_vec()));
+    }
+
+    /// Staged records sit in a hash map: readers that promise key order
+    /// must still give it, with staged writes and deletions over the base.
+    #[test]
+    fn prefix_scans_merge_staged_records_over_the_base_in_key_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Storage::open(dir.path(), &StorageOptions::default()).unwrap();
+        let tree = storage.recreate_derived("p.test").unwrap();
+        let base: Vec<(Vec<u8>, Option<Vec<u8>>)> = [b"\x01b", b"\x01d", b"\x01f", b"\x02a"]
+            .iter()
+            .map(|k| (k.to_vec(), Some(frame("p.test", &k[..], b"base"))))
+            .collect();
+        tree.apply(base).unwrap();
+        let mut staging = Staging::new("p.test".to_owned(), Some(tree));
+        for k in [&b"\x01e"[..], b"\x01a", b"\x01c", b"\x02b"] {
+            staging.put(k.to_vec(), b"staged".to_vec());
+        }
+        *staging.entry(b"\x01d").unwrap() = None;
+        *staging.entry(b"\x01f").unwrap() = Some(b"changed".to_vec());
+        let rows = staging.scan_prefix(&[0x01], 10).unwrap();
+        let expected: Vec<RawRecord> = [
+            (&b"\x01a"[..], &b"staged"[..]),
+            (b"\x01b", b"base"),
+            (b"\x01c", b"staged"),
+            (b"\x01e", b"staged"),
+            (b"\x01f", b"changed"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_vec(), v.to_vec()))
+        .collect();
+        assert_eq!(rows, expected);
+        assert_eq!(staging.scan_prefix(&[0x01], 2).unwrap(), expected[..2]);
+        let all = staging.scan_all().unwrap();
+        assert_eq!(all.len(), 7);
+        assert_eq!(
+            staging
+                .with_record(b"\x01f", |v| v.map(<[u8]>::to_vec))
+                .unwrap(),
+            Some(b"changed".to_vec())
+        );
+        assert!(staging.with_record(b"\x01d", |v| v.is_none()).unwrap());
+        assert_eq!(
+            staging
+                .with_record(b"\x02a", |v| v.map(<[u8]>::len))
+                .unwrap(),
+            Some(4)
+        );
+    }
 }

@@ -229,10 +229,11 @@ fn get<T: serde::de::DeserializeOwned>(
     state: &Staging,
     k: &[u8],
 ) -> Result<Option<T>, ProjectionError> {
-    match state.get(k)? {
-        None => Ok(None),
-        Some(b) => codec::decode("registry record", &b).map(Some).map_err(bad),
-    }
+    state
+        .with_record(k, |b| {
+            b.map(|b| codec::decode("registry record", b)).transpose()
+        })?
+        .map_err(bad)
 }
 
 fn put<T: Serialize>(state: &mut Staging, k: Vec<u8>, v: &T) -> Result<(), ProjectionError> {

@@ -11,7 +11,7 @@
 use crate::event::Envelope;
 use crate::ids::{Seq, Subject};
 
-use super::{read_u64, unpack_seqs, Projection, ProjectionError, Staging};
+use super::{read_u64, unpack_seqs, with_key, Projection, ProjectionError, Staging};
 
 const RECORD_CHUNK: u8 = 0x01;
 const RECORD_COUNT: &[u8] = &[0x02];
@@ -48,6 +48,34 @@ fn damaged(what: &str) -> ProjectionError {
     }
 }
 
+/// Appends `seq` to `subject`'s tail chunk (key `tail_key`), sealing the
+/// tail into a numbered chunk when it is full.
+fn append(
+    state: &mut Staging,
+    subject: &Subject,
+    tail_key: &[u8],
+    seq: Seq,
+) -> Result<(), ProjectionError> {
+    let tail = state.entry(tail_key)?;
+    let is_new = tail.is_none();
+    let tail = tail.get_or_insert_with(|| 0u32.to_be_bytes().to_vec());
+    tail.extend_from_slice(&seq.to_key());
+    let held = tail.len().saturating_sub(4) / 8;
+    if held >= CHUNK_SEQS {
+        let sealed = read_u32(tail).ok_or_else(|| damaged("tail chunk header"))?;
+        let seqs = tail.split_off(4);
+        tail.clear();
+        tail.extend_from_slice(&sealed.saturating_add(1).to_be_bytes());
+        state.put(chunk_key(subject, sealed), seqs);
+    }
+    if is_new {
+        let count = state.entry(RECORD_COUNT)?;
+        let n = count.as_deref().and_then(read_u64).unwrap_or(0);
+        *count = Some((n + 1).to_be_bytes().to_vec());
+    }
+    Ok(())
+}
+
 impl Projection for SubjectIndex {
     fn name(&self) -> &'static str {
         NAME
@@ -61,25 +89,15 @@ impl Projection for SubjectIndex {
         let Some(subject) = event.subject() else {
             return Ok(());
         };
-        let tail_key = chunk_key(subject, TAIL);
-        let tail = state.entry(&tail_key)?;
-        let is_new = tail.is_none();
-        let tail = tail.get_or_insert_with(|| 0u32.to_be_bytes().to_vec());
-        tail.extend_from_slice(&event.seq().to_key());
-        let held = tail.len().saturating_sub(4) / 8;
-        if held >= CHUNK_SEQS {
-            let sealed = read_u32(tail).ok_or_else(|| damaged("tail chunk header"))?;
-            let seqs = tail.split_off(4);
-            tail.clear();
-            tail.extend_from_slice(&sealed.saturating_add(1).to_be_bytes());
-            state.put(chunk_key(subject, sealed), seqs);
-        }
-        if is_new {
-            let count = state.entry(RECORD_COUNT)?;
-            let n = count.as_deref().and_then(read_u64).unwrap_or(0);
-            *count = Some((n + 1).to_be_bytes().to_vec());
-        }
-        Ok(())
+        let tail_key = [
+            &[RECORD_CHUNK],
+            subject.as_str().as_bytes(),
+            &[0],
+            &TAIL.to_be_bytes(),
+        ];
+        with_key(&tail_key, |tail_key| {
+            append(state, subject, tail_key, event.seq())
+        })
     }
 
     fn check_record(&self, key: &[u8], payload: &[u8]) -> Result<(), String> {

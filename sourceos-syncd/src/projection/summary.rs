@@ -7,7 +7,7 @@ use serde::Serialize;
 use crate::event::Envelope;
 use crate::ids::Timestamp;
 
-use super::{read_u64, Projection, ProjectionError, Staging};
+use super::{bump_counter, read_u64, with_key, Projection, ProjectionError, Staging};
 
 const RECORD_KIND: u8 = 0x01;
 const RECORD_ACTOR: u8 = 0x02;
@@ -50,27 +50,28 @@ impl Totals {
     }
 
     fn encode(&self) -> Vec<u8> {
-        let mut v = Vec::with_capacity(TOTALS_LEN);
-        v.extend_from_slice(&self.events.to_be_bytes());
-        for t in [self.first_at, self.last_at] {
-            v.extend_from_slice(&(t.map_or(0, Timestamp::unix_micros) as u64).to_be_bytes());
-        }
+        let mut v = vec![0; TOTALS_LEN];
+        self.encode_into(&mut v);
         v
+    }
+
+    /// Overwrites a record of [`TOTALS_LEN`] bytes in place.
+    fn encode_into(&self, v: &mut [u8]) {
+        let times = [self.first_at, self.last_at].map(|t| t.map_or(0, Timestamp::unix_micros));
+        for (dst, n) in v
+            .chunks_exact_mut(8)
+            .zip([self.events, times[0] as u64, times[1] as u64])
+        {
+            dst.copy_from_slice(&n.to_be_bytes());
+        }
     }
 }
 
-fn keyed(tag: u8, text: &str) -> Vec<u8> {
-    let mut k = Vec::with_capacity(text.len() + 1);
-    k.push(tag);
-    k.extend_from_slice(text.as_bytes());
-    k
-}
-
-fn bump(state: &mut Staging, key: &[u8]) -> Result<(), ProjectionError> {
-    let slot = state.entry(key)?;
-    let n = slot.as_deref().and_then(read_u64).unwrap_or(0);
-    *slot = Some(n.saturating_add(1).to_be_bytes().to_vec());
-    Ok(())
+fn bump(state: &mut Staging, tag: u8, text: &str) -> Result<(), ProjectionError> {
+    with_key(&[&[tag], text.as_bytes()], |key| {
+        bump_counter(state.entry(key)?);
+        Ok(())
+    })
 }
 
 fn bad(reason: String) -> ProjectionError {
@@ -91,8 +92,8 @@ impl Projection for Summary {
     }
 
     fn apply(&self, event: &Envelope, state: &mut Staging) -> Result<(), ProjectionError> {
-        bump(state, &keyed(RECORD_KIND, event.kind().as_str()))?;
-        bump(state, &keyed(RECORD_ACTOR, event.actor().as_str()))?;
+        bump(state, RECORD_KIND, event.kind().as_str())?;
+        bump(state, RECORD_ACTOR, event.actor().as_str())?;
         let slot = state.entry(RECORD_TOTALS)?;
         let mut totals = match slot.as_deref() {
             Some(b) => Totals::decode(b).map_err(bad)?,
@@ -102,7 +103,10 @@ impl Projection for Summary {
         let at = event.recorded_at();
         totals.first_at = Some(totals.first_at.map_or(at, |f| f.min(at)));
         totals.last_at = Some(totals.last_at.map_or(at, |l| l.max(at)));
-        *slot = Some(totals.encode());
+        match slot {
+            Some(v) if v.len() == TOTALS_LEN => totals.encode_into(v),
+            _ => *slot = Some(totals.encode()),
+        }
         Ok(())
     }
 
