@@ -20,12 +20,13 @@ pub(crate) struct KindSpec {
 }
 
 /// Every domain's table of kinds.
-fn tables() -> [&'static [KindSpec]; 4] {
+fn tables() -> [&'static [KindSpec]; 5] {
     [
         crate::model::KINDS,
         crate::agent_txn::KINDS,
         crate::gitstate::KINDS,
         crate::session::KINDS,
+        crate::lifecycle::KINDS,
     ]
 }
 

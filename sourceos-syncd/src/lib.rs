@@ -9,6 +9,7 @@ mod agent_txn;
 mod bundle;
 mod clock;
 mod codec;
+mod coordinator;
 mod doctor;
 mod event;
 mod explain;
@@ -16,6 +17,7 @@ mod gitstate;
 mod ids;
 mod ingest;
 mod kinds;
+mod lifecycle;
 mod model;
 mod policy;
 mod projection;
@@ -37,6 +39,9 @@ pub use clock::{
     Clock, CountingIdGenerator, IdGenerator, SteppingClock, SystemClock, UuidV7Generator,
 };
 pub use codec::{DecodeError, EncodeError};
+pub use coordinator::{
+    lifecycle, Coordinator, CoordinatorError, LifecycleView, MoveDetails, MoveOutcome,
+};
 pub use doctor::{
     damage, doctor, verify, DamageTarget, DoctorError, DoctorOptions, DoctorReport, Finding,
     FindingClass, RepairSummary, Severity, VerifyReport,
@@ -58,6 +63,12 @@ pub use ingest::{
     parse_line, IngestError, IngestResult, IngestSummary, Ingestor, LineOutcome, MAX_LINE_BYTES,
 };
 pub use kinds::{known_kinds, validate as validate_kind};
+pub use lifecycle::{
+    readiness, transition as lifecycle_transition, Gate, InvalidLifecycleTransition,
+    LifecycleEvent, LifecycleState, Readiness, ShutdownStep, StepOutcome, Subsystem, Transition,
+    TransitionRecord, LIFECYCLE_ACTOR, LIFECYCLE_EVENTS, LIFECYCLE_KIND, LIFECYCLE_SPEC_VERSION,
+    LIFECYCLE_STATES, SHUTDOWN_STEP_KIND, SUBSYSTEMS,
+};
 pub use model::{ConflictOption, DeviceState, Effect};
 pub use policy::{
     Action, LocalPolicy, PolicyError, PolicyHook, PolicyRequest, PolicyVerdict, Rule, MAX_RULES,
@@ -67,6 +78,7 @@ pub use projection::registry::{ConflictState, Counters as RegistryCounters, Step
 pub use projection::sessions::{
     LeaseRecord, OrphanState, SessionCounters, TurnStep, MAX_QUEUED_PER_SESSION, MAX_TURN_STEPS,
 };
+pub use projection::lifecycle::ShutdownStepRecord;
 pub use projection::summary::SummaryView;
 pub use projection::{Checkpoint, ProjectionError, ProjectionHealth, ProjectionStatus};
 pub use session::{

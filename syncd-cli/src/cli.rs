@@ -89,6 +89,12 @@ pub enum Command {
     /// GitWorkspaceState document; the path itself is never printed or
     /// stored, only its sha256 digest and a redacted hint.
     GitState(GitStateArgs),
+    /// Show the daemon's lifecycle state and its recent moves, as recorded
+    /// in the log. With --json, `current` and each `history` entry are
+    /// HostRuntimeLifecycleState documents (QUIT_READY is shown as HALTED,
+    /// DEGRADED_OFFLINE as LOCAL_READY, DEGRADED_POLICY_FAILED as
+    /// IDENTITY_CONFIRMED); `native` keeps syncd's own states.
+    Lifecycle(ListArgs),
 }
 
 /// `syncd git-state`.

@@ -61,6 +61,7 @@ pub fn run(cli: &Cli, home: &Path) -> Result<u8, Failure> {
         Command::Drill(DrillCommand::DamageDerived(a)) => drill(cli, home, a),
         Command::Track(a) => crate::cmd_track::track(cli, home, a),
         Command::GitState(a) => crate::cmd_git::git_state(cli, home, a),
+        Command::Lifecycle(a) => crate::cmd_lifecycle::lifecycle(cli, home, a),
     };
     match result {
         // A closed stdout is reported as a failure with code 0 and no text.

@@ -4,6 +4,7 @@
 
 mod cli;
 mod cmd_git;
+mod cmd_lifecycle;
 mod cmd_track;
 mod commands;
 mod output;

@@ -15,6 +15,7 @@
 
 pub(crate) mod git_state;
 pub(crate) mod idempotency;
+pub(crate) mod lifecycle;
 pub(crate) mod origins;
 pub(crate) mod registry;
 pub(crate) mod sessions;
@@ -434,6 +435,7 @@ pub(crate) fn builtin() -> Vec<Box<dyn Projection>> {
         Box::new(registry::Registry),
         Box::new(git_state::GitStateIndex),
         Box::new(sessions::Sessions),
+        Box::new(lifecycle::LifecycleIndex),
     ]
 }
 
