@@ -4,6 +4,7 @@
 //! reserved lifecycle actor, and answers readiness questions. A refused
 //! move is an outcome, not an error, and records nothing.
 
+use std::collections::BTreeSet;
 use std::sync::{Mutex, MutexGuard};
 
 use serde::Serialize;
@@ -11,7 +12,7 @@ use serde::Serialize;
 use crate::ids::InvalidValue;
 use crate::lifecycle::{
     readiness, transition, InvalidLifecycleTransition, LifecycleEvent, LifecycleState, Readiness,
-    ShutdownStep, Transition, TransitionRecord, SUBSYSTEMS,
+    ShutdownStep, Subsystem, Transition, TransitionRecord, SUBSYSTEMS,
 };
 use crate::projection::lifecycle::{self as proj, ShutdownStepRecord};
 use crate::projection::ProjectionError;
@@ -70,6 +71,18 @@ pub struct Coordinator {
     store: Store,
     run_id: String,
     current: Mutex<Current>,
+    started: Mutex<BTreeSet<Subsystem>>,
+}
+
+/// One subsystem as the daemon reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SubsystemView {
+    /// The subsystem.
+    pub subsystem: Subsystem,
+    /// Whether it was started.
+    pub started: bool,
+    /// Whether it may start now, and if not which gate is missing.
+    pub readiness: Readiness,
 }
 
 /// The lifecycle as recorded: current move, recent history, latest
@@ -125,6 +138,7 @@ impl Coordinator {
                 identity_ref: None,
                 org_policy_ref: None,
             }),
+            started: Mutex::new(BTreeSet::new()),
         };
         match state {
             LifecycleState::Boot if view.current.is_none() => {}
@@ -193,7 +207,9 @@ impl Coordinator {
             event,
             reason: details.reason.clone(),
             identity_ref: details.identity_ref.or_else(|| cur.identity_ref.clone()),
-            org_policy_ref: details.org_policy_ref.or_else(|| cur.org_policy_ref.clone()),
+            org_policy_ref: details
+                .org_policy_ref
+                .or_else(|| cur.org_policy_ref.clone()),
         };
         let draft = t.draft().map_err(CoordinatorError::Payload)?;
         match self
@@ -245,10 +261,55 @@ impl Coordinator {
         }
     }
 
-    /// Readiness of every subsystem in the current state.
-    pub fn readiness(&self) -> Result<Vec<Readiness>, CoordinatorError> {
+    /// Starts a subsystem if its gate is open; otherwise refuses and says
+    /// which gate is missing. Nothing is started twice.
+    pub fn start_subsystem(&self, subsystem: Subsystem) -> Result<Readiness, CoordinatorError> {
         let state = self.state()?;
-        Ok(SUBSYSTEMS.iter().map(|s| readiness(state, *s)).collect())
+        let r = readiness(state, subsystem);
+        if matches!(r, Readiness::Ready { .. }) {
+            let mut started = self
+                .started
+                .lock()
+                .map_err(|_| CoordinatorError::Poisoned)?;
+            if started.insert(subsystem) {
+                tracing::info!(subsystem = subsystem.as_str(), "subsystem started");
+            }
+        }
+        Ok(r)
+    }
+
+    /// Starts every subsystem whose gate is open now.
+    pub fn start_ready(&self) -> Result<(), CoordinatorError> {
+        for s in SUBSYSTEMS {
+            self.start_subsystem(s)?;
+        }
+        Ok(())
+    }
+
+    /// Whether a subsystem was started.
+    pub fn is_started(&self, subsystem: Subsystem) -> Result<bool, CoordinatorError> {
+        let started = self
+            .started
+            .lock()
+            .map_err(|_| CoordinatorError::Poisoned)?;
+        Ok(started.contains(&subsystem))
+    }
+
+    /// Every subsystem: started or not, and its readiness now.
+    pub fn subsystems(&self) -> Result<Vec<SubsystemView>, CoordinatorError> {
+        let state = self.state()?;
+        let started = self
+            .started
+            .lock()
+            .map_err(|_| CoordinatorError::Poisoned)?;
+        Ok(SUBSYSTEMS
+            .iter()
+            .map(|s| SubsystemView {
+                subsystem: *s,
+                started: started.contains(s),
+                readiness: readiness(state, *s),
+            })
+            .collect())
     }
 }
 

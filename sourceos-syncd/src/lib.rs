@@ -21,8 +21,10 @@ mod lifecycle;
 mod model;
 mod policy;
 mod projection;
+mod providers;
 mod session;
 mod session_dag;
+mod shutdown;
 mod status;
 mod storage;
 mod store;
@@ -41,6 +43,7 @@ pub use clock::{
 pub use codec::{DecodeError, EncodeError};
 pub use coordinator::{
     lifecycle, Coordinator, CoordinatorError, LifecycleView, MoveDetails, MoveOutcome,
+    SubsystemView,
 };
 pub use doctor::{
     damage, doctor, verify, DamageTarget, DoctorError, DoctorOptions, DoctorReport, Finding,
@@ -74,13 +77,18 @@ pub use policy::{
     Action, LocalPolicy, PolicyError, PolicyHook, PolicyRequest, PolicyVerdict, Rule, MAX_RULES,
     POLICY_FILE,
 };
+pub use projection::lifecycle::ShutdownStepRecord;
 pub use projection::registry::{ConflictState, Counters as RegistryCounters, Step, TxnState};
 pub use projection::sessions::{
     LeaseRecord, OrphanState, SessionCounters, TurnStep, MAX_QUEUED_PER_SESSION, MAX_TURN_STEPS,
 };
-pub use projection::lifecycle::ShutdownStepRecord;
 pub use projection::summary::SummaryView;
 pub use projection::{Checkpoint, ProjectionError, ProjectionHealth, ProjectionStatus};
+pub use providers::{
+    answer_ref, ask, run_bounded, CommandOutcome, ConfigError, DaemonConfig, Provider,
+    ProviderAnswer, ProviderSource, StepHook, DAEMON_CONFIG_FILE, DEFAULT_PROVIDER_TIMEOUT_MS,
+    DEFAULT_RETRY_INTERVAL_MS, DEFAULT_STEP_TIMEOUT_MS, MAX_ANSWER_BYTES,
+};
 pub use session::{
     transition as turn_transition, CorrelationKeys, InvalidTransition as InvalidTurnTransition,
     QuarantinePayload, TurnEvent, TurnState, MAX_CANDIDATES, ORPHAN_SWEEPER_ACTOR,
@@ -90,8 +98,10 @@ pub use session_dag::{
     OrphanEventReceipt, SessionDagError, SessionDetail, SessionView, SweepReport, TurnView,
     CONFIG_FILE, DEFAULT_ORPHAN_TTL_SECONDS, MAX_ORPHAN_TTL_SECONDS, ORPHAN_RECEIPT_SPEC_VERSION,
 };
+pub use shutdown::{run_graph, GraphError, StepAction, StepResult, StepSpec, MAX_SHUTDOWN_STEPS};
 pub use status::{
-    status, Health, LogStatus, ProjectionState, StatusDocument, STATUS_SCHEMA_VERSION,
+    status, DaemonSection, Health, LogStatus, ProjectionState, StatusDocument,
+    STATUS_SCHEMA_VERSION,
 };
 pub use storage::{StorageError, StorageOptions, DERIVED_PREFIX, EVENTS_TREE, META_TREE};
 pub use store::{

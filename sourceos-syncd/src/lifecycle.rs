@@ -170,11 +170,9 @@ impl LifecycleState {
             G::Running,
         ];
         match self {
-            Self::Boot
-            | Self::Draining
-            | Self::CleanupRunning
-            | Self::QuitReady
-            | Self::Halted => &[],
+            Self::Boot | Self::Draining | Self::CleanupRunning | Self::QuitReady | Self::Halted => {
+                &[]
+            }
             Self::LocalReady | Self::IdentityPending | Self::DegradedOffline | Self::Recovery => {
                 LOCAL
             }
@@ -513,12 +511,11 @@ impl Transition {
             ActorId::new(LIFECYCLE_ACTOR)?,
             EventKind::new(LIFECYCLE_KIND)?,
         );
-        let value = serde_json::to_value(self)
-            .map_err(|_| InvalidValue::Malformed {
-                what: "lifecycle payload",
-                value: String::new(),
-                reason: "does not serialise as JSON",
-            })?;
+        let value = serde_json::to_value(self).map_err(|_| InvalidValue::Malformed {
+            what: "lifecycle payload",
+            value: String::new(),
+            reason: "does not serialise as JSON",
+        })?;
         d.payload = Payload::new(value)?;
         Ok(d)
     }
@@ -742,9 +739,7 @@ mod tests {
             E::PolicyLoaded => (from == S::OrgPolicyLoading).then_some(S::OrgPolicyReady),
             E::PolicyUnreachable => (from == S::OrgPolicyLoading).then_some(S::DegradedOffline),
             E::PolicyFailed => (from == S::OrgPolicyLoading).then_some(S::DegradedPolicyFailed),
-            E::CapabilitiesReady => {
-                (from == S::OrgPolicyReady).then_some(S::CapabilityGraphReady)
-            }
+            E::CapabilitiesReady => (from == S::OrgPolicyReady).then_some(S::CapabilityGraphReady),
             E::SessionsRestored => (from == S::CapabilityGraphReady).then_some(S::SessionReady),
             E::Started => (from == S::SessionReady).then_some(S::Running),
             E::DrainRequested => live.contains(&from).then_some(S::Draining),
