@@ -13,6 +13,25 @@ use crate::commands::{close, open};
 use crate::output::Out;
 use crate::{exit, Failure};
 
+/// The JSON form: upstream documents plus syncd's own view.
+pub(crate) fn document(view: &core::LifecycleView, device: &str) -> serde_json::Value {
+    serde_json::json!({
+        "current": view.current.as_ref().map(|c| c.upstream_document(device)),
+        "history": view
+            .history
+            .iter()
+            .map(|r| r.upstream_document(device))
+            .collect::<Vec<_>>(),
+        "native": {
+            "state": view.state().as_str(),
+            "transitions": view.transitions,
+            "history": view.history,
+            "shutdown_run": view.shutdown_run,
+            "shutdown_steps": view.shutdown_steps,
+        },
+    })
+}
+
 pub(crate) fn lifecycle(cli: &Cli, home: &Path, a: &ListArgs) -> Result<u8, Failure> {
     let store = open(cli, home, true)?;
     let view = core::lifecycle(&store).map_err(|e| Failure::store(&e));
@@ -21,22 +40,7 @@ pub(crate) fn lifecycle(cli: &Cli, home: &Path, a: &ListArgs) -> Result<u8, Fail
     let view = view?;
     let mut out = Out::new();
     if a.json {
-        let doc = serde_json::json!({
-            "current": view.current.as_ref().map(|c| c.upstream_document(&device)),
-            "history": view
-                .history
-                .iter()
-                .map(|r| r.upstream_document(&device))
-                .collect::<Vec<_>>(),
-            "native": {
-                "state": view.state().as_str(),
-                "transitions": view.transitions,
-                "history": view.history,
-                "shutdown_run": view.shutdown_run,
-                "shutdown_steps": view.shutdown_steps,
-            },
-        });
-        out.json_pretty(&doc)?;
+        out.json_pretty(&document(&view, &device))?;
     } else {
         out.line(&format!(
             "lifecycle  {} ({} moves recorded)",
