@@ -44,7 +44,9 @@ pub fn discover(home: &Path) -> Option<PathBuf> {
 /// Waits for a daemon that holds the store to start serving.
 pub fn wait_for_daemon(home: &Path) -> Option<PathBuf> {
     let deadline = Instant::now() + Duration::from_millis(STARTUP_WAIT_MS);
-    while Instant::now() < deadline {
+    // Only a daemon that named itself is waited for; a plain lock held by
+    // another command is reported at once.
+    while Instant::now() < deadline && home.join(DAEMON_FILE).exists() {
         if let Some(s) = discover(home) {
             return Some(s);
         }

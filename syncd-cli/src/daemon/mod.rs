@@ -86,11 +86,33 @@ pub fn run(cli: &Cli, home: &Path, a: &DaemonArgs) -> Result<u8, Failure> {
     let dir = runtime_dir(home, a);
     create_private_dir(&dir)?;
     let socket = socket_path(&dir, home);
-    let store = crate::commands::open(cli, home, true)?;
     let run_id = format!(
         "urn:srcos:runtime:{}",
         core::IdGenerator::next_id(&core::UuidV7Generator)
     );
+    // Named before the store is opened: a command that finds the store
+    // held in the moment before the socket answers knows to wait for it.
+    write_daemon_file(
+        home,
+        &DaemonFile {
+            pid: std::process::id(),
+            socket: socket.clone(),
+            run_id: run_id.clone(),
+        },
+    )
+    .map_err(|e| {
+        fail(format!(
+            "cannot write {}: {e}",
+            home.join(DAEMON_FILE).display()
+        ))
+    })?;
+    let store = match crate::commands::open(cli, home, true) {
+        Ok(s) => s,
+        Err(f) => {
+            remove_own_daemon_file(home);
+            return Err(f);
+        }
+    };
     let coordinator = core::Coordinator::start(store.clone(), run_id.clone())
         .map_err(|e| fail(crate::chain(&e)))?;
     apply(&coordinator, E::LocalStoreOpened, MoveDetails::default())?;
@@ -106,21 +128,6 @@ pub fn run(cli: &Cli, home: &Path, a: &DaemonArgs) -> Result<u8, Failure> {
     listener
         .set_nonblocking(true)
         .map_err(|e| fail(format!("socket {}: {e}", socket.display())))?;
-    write_daemon_file(
-        home,
-        &DaemonFile {
-            pid: std::process::id(),
-            socket: socket.clone(),
-            run_id: run_id.clone(),
-        },
-    )
-    .map_err(|e| {
-        fail(format!(
-            "cannot write {}: {e}",
-            home.join(DAEMON_FILE).display()
-        ))
-    })?;
-
     let shared = Arc::new(Shared {
         coordinator,
         home: home.to_path_buf(),
@@ -171,11 +178,23 @@ pub fn run(cli: &Cli, home: &Path, a: &DaemonArgs) -> Result<u8, Failure> {
     let code = shutdown(&shared, &config, &reason, &forced);
     stop_accepting.store(true, Ordering::SeqCst);
     let _ = accept.join();
-    let _ = std::fs::remove_file(home.join(DAEMON_FILE));
+    remove_own_daemon_file(home);
     let _ = std::fs::remove_file(&socket);
     drop(shared);
     crate::commands::close(store)?;
     code
+}
+
+/// Removes `daemon.json` if it names this process (never another daemon's).
+fn remove_own_daemon_file(home: &Path) {
+    let path = home.join(DAEMON_FILE);
+    let ours = std::fs::read_to_string(&path)
+        .ok()
+        .and_then(|t| serde_json::from_str::<DaemonFile>(&t).ok())
+        .is_some_and(|f| f.pid == std::process::id());
+    if ours {
+        let _ = std::fs::remove_file(path);
+    }
 }
 
 fn create_private_dir(dir: &Path) -> Result<(), Failure> {
