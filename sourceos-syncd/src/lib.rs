@@ -10,6 +10,7 @@ mod bundle;
 mod clock;
 mod codec;
 mod coordinator;
+mod diagnostics;
 mod doctor;
 mod event;
 mod explain;
@@ -44,6 +45,10 @@ pub use codec::{DecodeError, EncodeError};
 pub use coordinator::{
     lifecycle, Coordinator, CoordinatorError, LifecycleView, MoveDetails, MoveOutcome,
     SubsystemView,
+};
+pub use diagnostics::{
+    diagnostics_bundle, DiagnosticsInput, Redactor, DIAGNOSTICS_BUNDLE_VERSION,
+    DIAGNOSTICS_SPEC_VERSION,
 };
 pub use doctor::{
     damage, doctor, verify, DamageTarget, DoctorError, DoctorOptions, DoctorReport, Finding,
