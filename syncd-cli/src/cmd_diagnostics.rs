@@ -49,8 +49,9 @@ pub(crate) fn export(cli: &Cli, home: &Path, a: &DiagnosticsExportArgs) -> Resul
     }
     write_atomically(&a.out, text.as_bytes())
         .map_err(|e| data(format!("cannot write {}: {e}", a.out.display())))?;
-    let replaced: u64 = bundle["redaction_manifest"]["replaced_distinct_values"]
-        .as_object()
+    let replaced: u64 = bundle
+        .pointer("/redaction_manifest/replaced_distinct_values")
+        .and_then(|v| v.as_object())
         .map(|m| m.values().filter_map(|v| v.as_u64()).sum())
         .unwrap_or(0);
     out.line(&format!(
