@@ -250,7 +250,7 @@ fn delayed_identity_stays_pending_while_local_work_proceeds() {
     home.daemon_config(&format!(
         r#"retry_interval_ms = 100
 [identity]
-command = ["sh", "-c", "while [ ! -e '{}' ]; do sleep 0.05; done; echo '{{\"identity_ref\":\"urn:srcos:identity:alice\"}}'"]
+command = ["sh", "-c", "i=0; while [ ! -e '{}' ] && [ $i -lt 400 ]; do sleep 0.05; i=$((i+1)); done; echo '{{\"identity_ref\":\"urn:srcos:identity:alice\"}}'"]
 timeout_ms = 30000
 "#,
         gate.display()

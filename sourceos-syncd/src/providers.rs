@@ -14,6 +14,7 @@
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use serde::Deserialize;
@@ -253,15 +254,16 @@ pub enum ProviderAnswer {
     Invalid(String),
 }
 
-/// Asks a provider, waiting at most its timeout.
-pub fn ask(provider: &Provider) -> ProviderAnswer {
+/// Asks a provider, waiting at most its timeout; a command is killed early
+/// when `cancel` is set (the daemon is shutting down).
+pub fn ask(provider: &Provider, cancel: &AtomicBool) -> ProviderAnswer {
     let bytes = match &provider.source {
         ProviderSource::File(path) => match read_bounded(path) {
             Ok(b) => b,
             Err(e) => return ProviderAnswer::Unreachable(format!("{}: {e}", path.display())),
         },
         ProviderSource::Command(cmd) => {
-            match run_bounded(cmd, Duration::from_millis(provider.timeout_ms)) {
+            match run_bounded(cmd, Duration::from_millis(provider.timeout_ms), cancel) {
                 CommandOutcome::Exited { code: 0, stdout } => stdout,
                 CommandOutcome::Exited { code, .. } => {
                     return ProviderAnswer::Unreachable(format!(
@@ -273,6 +275,9 @@ pub fn ask(provider: &Provider) -> ProviderAnswer {
                         "provider command did not answer within {} ms",
                         provider.timeout_ms
                     ))
+                }
+                CommandOutcome::Cancelled => {
+                    return ProviderAnswer::Unreachable("cancelled: shutting down".into())
                 }
                 CommandOutcome::Failed(e) => {
                     return ProviderAnswer::Unreachable(format!("provider command: {e}"))
@@ -321,13 +326,15 @@ pub enum CommandOutcome {
     },
     /// It was still running at the deadline and was killed.
     TimedOut,
+    /// It was killed because `cancel` was set.
+    Cancelled,
     /// It could not be started.
     Failed(std::io::Error),
 }
 
 /// Runs a command with no stdin and waits at most `limit`; a command still
-/// running then is killed.
-pub fn run_bounded(cmd: &[String], limit: Duration) -> CommandOutcome {
+/// running then, or when `cancel` is set, is killed (never left behind).
+pub fn run_bounded(cmd: &[String], limit: Duration, cancel: &AtomicBool) -> CommandOutcome {
     let Some((program, args)) = cmd.split_first() else {
         return CommandOutcome::Failed(std::io::Error::other("empty command"));
     };
@@ -354,6 +361,11 @@ pub fn run_bounded(cmd: &[String], limit: Duration) -> CommandOutcome {
     let status = loop {
         match child.try_wait() {
             Ok(Some(s)) => break Some(s),
+            Ok(None) if cancel.load(Ordering::SeqCst) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return CommandOutcome::Cancelled;
+            }
             Ok(None) if Instant::now() >= deadline => break None,
             Ok(None) => std::thread::sleep(Duration::from_millis(POLL_INTERVAL_MS)),
             Err(e) => return CommandOutcome::Failed(e),
@@ -380,6 +392,22 @@ pub fn run_bounded(cmd: &[String], limit: Duration) -> CommandOutcome {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn ask(p: &Provider) -> ProviderAnswer {
+        super::ask(p, &AtomicBool::new(false))
+    }
+
+    #[test]
+    fn a_cancelled_command_is_killed() {
+        let cancel = AtomicBool::new(true);
+        let cmd: Vec<String> = vec!["sleep".into(), "30".into()];
+        let started = Instant::now();
+        assert!(matches!(
+            run_bounded(&cmd, Duration::from_secs(30), &cancel),
+            CommandOutcome::Cancelled
+        ));
+        assert!(started.elapsed() < Duration::from_secs(5));
+    }
 
     fn sh(script: &str, timeout_ms: u64) -> Provider {
         Provider {

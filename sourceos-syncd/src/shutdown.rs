@@ -7,7 +7,7 @@
 //! shutdown is reproducible and its record reads in the order it happened.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use crate::lifecycle::StepOutcome;
@@ -17,8 +17,10 @@ pub const MAX_SHUTDOWN_STEPS: usize = 64;
 /// How often a running step checks for a forced exit.
 const FORCE_POLL_MS: u64 = 20;
 
-/// What a step does; `Err` is a failure, with the reason.
-pub type StepAction = Box<dyn FnOnce() -> Result<(), String> + Send>;
+/// What a step does; `Err` is a failure, with the reason. The flag it gets
+/// is set when the graph stops waiting for it (timeout or forced exit), so
+/// that it can stop what it started (kill a child process, say).
+pub type StepAction = Box<dyn FnOnce(&AtomicBool) -> Result<(), String> + Send>;
 
 /// One step of the graph.
 pub struct StepSpec {
@@ -180,12 +182,14 @@ fn run_step(
 ) -> (StepOutcome, u64, Option<String>) {
     let (tx, rx) = mpsc::sync_channel(1);
     let started = Instant::now();
-    // A step that hangs keeps its thread; the process exits soon after
-    // shutdown ends, which ends it.
+    let abandon = Arc::new(AtomicBool::new(false));
+    let flag = abandon.clone();
+    // A step that hangs keeps its thread; it is told it was abandoned, and
+    // the process exits soon after shutdown ends, which ends it.
     let spawned = std::thread::Builder::new()
         .name("shutdown-step".into())
         .spawn(move || {
-            let _ = tx.send(action());
+            let _ = tx.send(action(&flag));
         });
     if let Err(e) = spawned {
         return (
@@ -198,6 +202,7 @@ fn run_step(
     let elapsed = |s: Instant| u64::try_from(s.elapsed().as_millis()).unwrap_or(u64::MAX);
     loop {
         if forced.load(Ordering::SeqCst) {
+            abandon.store(true, Ordering::SeqCst);
             return (
                 StepOutcome::CutShort,
                 elapsed(started),
@@ -206,6 +211,7 @@ fn run_step(
         }
         let now = Instant::now();
         if now >= deadline {
+            abandon.store(true, Ordering::SeqCst);
             return (
                 StepOutcome::TimedOut,
                 elapsed(started),
@@ -248,19 +254,21 @@ mod tests {
         let mut seen = Vec::new();
         let results = run_graph(
             vec![
-                step("flush", &[], &["a", "b", "c", "d"], Box::new(|| Ok(()))),
-                step("a", &[], &[], Box::new(|| Ok(()))),
+                step("flush", &[], &["a", "b", "c", "d"], Box::new(|_| Ok(()))),
+                step("a", &[], &[], Box::new(|_| Ok(()))),
                 step(
                     "b",
                     &["a"],
                     &[],
-                    Box::new(|| {
-                        std::thread::sleep(Duration::from_secs(5));
+                    Box::new(|abandoned| {
+                        while !abandoned.load(Ordering::SeqCst) {
+                            std::thread::sleep(Duration::from_millis(5));
+                        }
                         Ok(())
                     }),
                 ),
-                step("c", &["b"], &[], Box::new(|| Ok(()))),
-                step("d", &[], &[], Box::new(|| Err("boom".into()))),
+                step("c", &["b"], &[], Box::new(|_| Ok(()))),
+                step("d", &[], &[], Box::new(|_| Err("boom".into()))),
             ],
             &forced,
             &mut |r| seen.push(r.name.clone()),
@@ -293,13 +301,13 @@ mod tests {
                     "a",
                     &[],
                     &[],
-                    Box::new(move || {
+                    Box::new(move |_| {
                         f2.store(true, Ordering::SeqCst);
                         std::thread::sleep(Duration::from_secs(5));
                         Ok(())
                     }),
                 ),
-                step("b", &[], &["a"], Box::new(|| Ok(()))),
+                step("b", &[], &["a"], Box::new(|_| Ok(()))),
             ],
             &forced,
             &mut |_| {},
@@ -310,7 +318,7 @@ mod tests {
 
     #[test]
     fn bad_graphs_are_refused() {
-        let noop = || -> StepAction { Box::new(|| Ok(())) };
+        let noop = || -> StepAction { Box::new(|_| Ok(())) };
         let forced = AtomicBool::new(false);
         let cycle = run_graph(
             vec![

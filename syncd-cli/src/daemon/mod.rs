@@ -350,7 +350,7 @@ fn startup(shared: &Shared, config: &core::DaemonConfig, device: &str, policy_id
                 if first {
                     moved(E::IdentityRequested, MoveDetails::default());
                 }
-                let answer = core::ask(p);
+                let answer = core::ask(p, &shared.draining);
                 let failure = match answer {
                     core::ProviderAnswer::Answered(m) => match core::answer_ref(&m, "identity_ref")
                     {
@@ -407,7 +407,7 @@ fn startup(shared: &Shared, config: &core::DaemonConfig, device: &str, policy_id
                 if draining() {
                     return;
                 }
-                let answer = core::ask(p);
+                let answer = core::ask(p, &shared.draining);
                 let (event, why) = match answer {
                     core::ProviderAnswer::Answered(m) => {
                         match core::answer_ref(&m, "org_policy_ref") {
@@ -520,19 +520,23 @@ fn shutdown(
             .and_then(|h| h.timeout_ms)
             .unwrap_or(config.step_timeout_ms);
         let store = c.store().clone();
-        let action: core::StepAction = Box::new(move || {
+        let action: core::StepAction = Box::new(move |abandoned| {
             if let Some(h) = hook {
                 // The hook gets the whole step's time; the graph decides
                 // whether that was too long.
+                // Killed as soon as the graph stops waiting for it.
                 match core::run_bounded(
                     &h.command,
                     Duration::from_millis(timeout_ms.saturating_mul(2)),
+                    abandoned,
                 ) {
                     core::CommandOutcome::Exited { code: 0, .. } => {}
                     core::CommandOutcome::Exited { code, .. } => {
                         return Err(format!("stop command exited with status {code}"))
                     }
-                    core::CommandOutcome::TimedOut => return Err("stop command hung".into()),
+                    core::CommandOutcome::TimedOut | core::CommandOutcome::Cancelled => {
+                        return Err("stop command hung".into())
+                    }
                     core::CommandOutcome::Failed(e) => return Err(format!("stop command: {e}")),
                 }
             }
