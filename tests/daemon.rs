@@ -417,3 +417,37 @@ fn a_restart_after_a_killed_daemon_goes_through_recovery() {
     d.signal("TERM");
     assert_eq!(d.wait_exit(20), Some(0));
 }
+
+#[test]
+fn a_second_signal_forces_the_exit_and_records_what_was_cut_short() {
+    let home = Home::new();
+    home.daemon_config(
+        "[shutdown.hooks.sessions]\ncommand = [\"sleep\", \"30\"]\ntimeout_ms = 20000\n",
+    );
+    let mut d = home.start_daemon();
+    home.wait_status("RUNNING", |s| state(s) == "RUNNING");
+    d.signal("TERM");
+    // Wait until the hanging first step is running.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !d.stderr().contains("CLEANUP_RUNNING") {
+        assert!(std::time::Instant::now() < deadline, "{}", d.stderr());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    d.signal("INT");
+    assert_eq!(d.wait_exit(10), Some(1), "{}", d.stderr());
+    let l = lifecycle(&home);
+    assert_eq!(l["native"]["state"], "QUIT_READY");
+    let steps = l["native"]["shutdown_steps"].as_array().unwrap();
+    assert_eq!(steps.len(), 7);
+    assert!(
+        steps.iter().all(|s| s["outcome"] == "cut_short"),
+        "{steps:#?}"
+    );
+    let last = l["native"]["history"]
+        .as_array()
+        .unwrap()
+        .last()
+        .unwrap()
+        .clone();
+    assert_eq!(last["reason"], "a second signal cut the shutdown short");
+}
