@@ -217,6 +217,31 @@ fn the_local_api_serves_submission_log_explain_and_a_resumable_event_stream() {
     assert_eq!(code, 400);
     let (code, _) = http(&sock, "GET", "/v1/nothing", &[], b"").unwrap();
     assert_eq!(code, 404);
+    let (code, _) = http(
+        &sock,
+        "GET",
+        "/v1/events/stream",
+        &[("Last-Event-ID", "not-a-number")],
+        b"",
+    )
+    .unwrap();
+    assert_eq!(code, 400, "a bad Last-Event-ID is refused");
+    let (code, body) = http(&sock, "POST", "/v1/cli", &[], b"not json\n").unwrap();
+    assert_eq!(code, 400, "{}", String::from_utf8_lossy(&body));
+    let (code, _) = http(
+        &sock,
+        "POST",
+        "/v1/events",
+        &[("Transfer-Encoding", "chunked")],
+        b"",
+    )
+    .unwrap();
+    assert_eq!(code, 400, "chunked bodies are refused");
+    let head_before = home.head();
+    let (code, body) = http(&sock, "POST", "/v1/events", &[], b"{\"kind\":1}\n").unwrap();
+    assert_eq!(code, 200);
+    assert!(String::from_utf8_lossy(&body).contains("rejected"));
+    assert_eq!(home.head(), head_before, "a bad line appends nothing");
 
     // The stream resumes after Last-Event-ID, then follows new events.
     let mut s = std::os::unix::net::UnixStream::connect(&sock).unwrap();

@@ -12,7 +12,7 @@ use serde::Serialize;
 use crate::ids::InvalidValue;
 use crate::lifecycle::{
     readiness, transition, InvalidLifecycleTransition, LifecycleEvent, LifecycleState, Readiness,
-    ShutdownStep, Subsystem, Transition, TransitionRecord, SUBSYSTEMS,
+    RunId, ShutdownStep, Subsystem, Transition, TransitionRecord, SUBSYSTEMS,
 };
 use crate::projection::lifecycle::{self as proj, ShutdownStepRecord};
 use crate::projection::ProjectionError;
@@ -69,7 +69,7 @@ struct Current {
 /// The coordinator of one daemon run.
 pub struct Coordinator {
     store: Store,
-    run_id: String,
+    run_id: RunId,
     current: Mutex<Current>,
     started: Mutex<BTreeSet<Subsystem>>,
 }
@@ -126,7 +126,7 @@ impl Coordinator {
     /// Starts a run: reads the recorded state and, when the previous run
     /// ended cleanly, records `process_started`; when it did not, records
     /// `crash_detected` and `recovery_completed`. The run is then at BOOT.
-    pub fn start(store: Store, run_id: String) -> Result<Self, CoordinatorError> {
+    pub fn start(store: Store, run_id: RunId) -> Result<Self, CoordinatorError> {
         let view = lifecycle(&store).map_err(CoordinatorError::Projection)?;
         let state = view.state();
         let c = Self {
@@ -165,7 +165,7 @@ impl Coordinator {
 
     /// The run id.
     pub fn run_id(&self) -> &str {
-        &self.run_id
+        self.run_id.as_str()
     }
 
     /// The store.
@@ -201,7 +201,7 @@ impl Coordinator {
             Err(refused) => return Ok(MoveOutcome::Refused(refused)),
         };
         let t = Transition {
-            run_id: self.run_id.clone(),
+            run_id: self.run_id.as_str().to_owned(),
             from: cur.state,
             to,
             event,
@@ -335,7 +335,8 @@ mod tests {
     fn moves_are_recorded_and_refusals_change_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let s = store(dir.path());
-        let c = Coordinator::start(s.clone(), "urn:srcos:runtime:one".into()).unwrap();
+        let c =
+            Coordinator::start(s.clone(), RunId::new("urn:srcos:runtime:one").unwrap()).unwrap();
         let head = s.head().unwrap().0;
         let out = c
             .apply(LifecycleEvent::Started, MoveDetails::default())
@@ -352,7 +353,8 @@ mod tests {
         assert_eq!(view.transitions, 1);
         drop(c);
         // A new run after an unclean end goes through recovery.
-        let c = Coordinator::start(s.clone(), "urn:srcos:runtime:two".into()).unwrap();
+        let c =
+            Coordinator::start(s.clone(), RunId::new("urn:srcos:runtime:two").unwrap()).unwrap();
         assert_eq!(c.state().unwrap(), LifecycleState::Boot);
         let view = lifecycle(&s).unwrap();
         let path: Vec<_> = view.history.iter().map(|r| r.transition.to).collect();

@@ -73,9 +73,9 @@ pub use ingest::{
 pub use kinds::{known_kinds, validate as validate_kind};
 pub use lifecycle::{
     readiness, transition as lifecycle_transition, Gate, InvalidLifecycleTransition,
-    LifecycleEvent, LifecycleState, Readiness, ShutdownStep, StepOutcome, Subsystem, Transition,
-    TransitionRecord, LIFECYCLE_ACTOR, LIFECYCLE_EVENTS, LIFECYCLE_KIND, LIFECYCLE_SPEC_VERSION,
-    LIFECYCLE_STATES, SHUTDOWN_STEP_KIND, SUBSYSTEMS,
+    LifecycleEvent, LifecycleState, Readiness, RunId, ShutdownStep, StepOutcome, Subsystem,
+    Transition, TransitionRecord, LIFECYCLE_ACTOR, LIFECYCLE_EVENTS, LIFECYCLE_KIND,
+    LIFECYCLE_SPEC_VERSION, LIFECYCLE_STATES, RUN_ID_PREFIX, SHUTDOWN_STEP_KIND, SUBSYSTEMS,
 };
 pub use model::{ConflictOption, DeviceState, Effect};
 pub use policy::{

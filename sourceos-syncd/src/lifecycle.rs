@@ -277,6 +277,42 @@ impl LifecycleEvent {
     }
 }
 
+/// The id of one daemon run: `urn:srcos:runtime:` and 1 to 128 ASCII
+/// letters, digits or `-`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct RunId(String);
+
+/// Prefix of every run id.
+pub const RUN_ID_PREFIX: &str = "urn:srcos:runtime:";
+/// Longest run id suffix, in bytes.
+const MAX_RUN_SUFFIX_BYTES: usize = 128;
+
+impl RunId {
+    /// Validates a run id.
+    pub fn new(raw: impl Into<String>) -> Result<Self, InvalidValue> {
+        let raw = raw.into();
+        let ok = raw.strip_prefix(RUN_ID_PREFIX).is_some_and(|rest| {
+            !rest.is_empty()
+                && rest.len() <= MAX_RUN_SUFFIX_BYTES
+                && rest.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        });
+        if ok {
+            Ok(Self(raw))
+        } else {
+            Err(InvalidValue::Malformed {
+                what: "run id",
+                value: raw.chars().take(64).collect(),
+                reason: "must be urn:srcos:runtime: and 1 to 128 letters, digits or '-'",
+            })
+        }
+    }
+
+    /// The text form.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
 /// A move the lifecycle does not allow. Nothing changed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("lifecycle cannot take {} in state {}", event.as_str(), from.as_str())]
@@ -530,9 +566,7 @@ fn transitioned(d: &mut EventDraft) -> Result<(), String> {
     check_text("reason", t.reason.as_ref())?;
     check_text("identity_ref", t.identity_ref.as_ref())?;
     check_text("org_policy_ref", t.org_policy_ref.as_ref())?;
-    if !t.run_id.starts_with("urn:srcos:runtime:") {
-        return Err("run_id must start with urn:srcos:runtime:".into());
-    }
+    RunId::new(t.run_id.as_str()).map_err(|e| e.to_string())?;
     match transition(t.from, t.event) {
         Ok(to) if to == t.to => Ok(()),
         Ok(to) => Err(format!(
@@ -630,7 +664,7 @@ fn shutdown_step(d: &mut EventDraft) -> Result<(), String> {
         return Err(format!("only {LIFECYCLE_ACTOR} records shutdown steps"));
     }
     let s: ShutdownStep = payload_as(d)?;
-    check_text("run_id", Some(&s.run_id))?;
+    RunId::new(s.run_id.as_str()).map_err(|e| e.to_string())?;
     check_text("reason", s.reason.as_ref())?;
     for name in std::iter::once(&s.step).chain(&s.depends_on) {
         if name.is_empty()
@@ -813,6 +847,21 @@ mod tests {
             readiness(LifecycleState::DegradedOffline, Subsystem::IngestLanes),
             Readiness::Ready { .. }
         ));
+    }
+
+    #[test]
+    fn run_ids_are_validated() {
+        assert!(RunId::new("urn:srcos:runtime:01a2-b3").is_ok());
+        for bad in [
+            "",
+            "urn:srcos:runtime:",
+            "runtime:x",
+            "urn:srcos:runtime:a b",
+            "urn:srcos:runtime:a/b",
+        ] {
+            assert!(RunId::new(bad).is_err(), "{bad:?}");
+        }
+        assert!(RunId::new(format!("urn:srcos:runtime:{}", "a".repeat(129))).is_err());
     }
 
     #[test]

@@ -113,8 +113,9 @@ pub fn run(cli: &Cli, home: &Path, a: &DaemonArgs) -> Result<u8, Failure> {
             return Err(f);
         }
     };
-    let coordinator = core::Coordinator::start(store.clone(), run_id.clone())
-        .map_err(|e| fail(crate::chain(&e)))?;
+    let run = core::RunId::new(run_id.as_str()).map_err(|e| fail(e.to_string()))?;
+    let coordinator =
+        core::Coordinator::start(store.clone(), run).map_err(|e| fail(crate::chain(&e)))?;
     apply(&coordinator, E::LocalStoreOpened, MoveDetails::default())?;
     coordinator
         .start_ready()
