@@ -476,3 +476,27 @@ fn a_second_signal_forces_the_exit_and_records_what_was_cut_short() {
         .clone();
     assert_eq!(last["reason"], "a second signal cut the shutdown short");
 }
+
+#[test]
+fn systemd_is_told_ready_status_and_stopping() {
+    let home = Home::new();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("notify.sock");
+    let sock = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut d = home.start_daemon_with(&[("NOTIFY_SOCKET", path.as_path())]);
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 512];
+    while !seen.iter().any(|m: &String| m.contains("STATUS=RUNNING")) {
+        let n = sock.recv(&mut buf).expect("a notification");
+        seen.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+    }
+    assert!(seen.iter().any(|m| m.contains("READY=1")), "{seen:?}");
+    d.signal("TERM");
+    while !seen.iter().any(|m| m.contains("STOPPING=1")) {
+        let n = sock.recv(&mut buf).expect("STOPPING");
+        seen.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+    }
+    assert_eq!(d.wait_exit(20), Some(0), "{}", d.stderr());
+}

@@ -164,14 +164,22 @@ pub struct Daemon {
 impl Home {
     /// Starts the daemon and waits until its API answers.
     pub fn start_daemon(&self) -> Daemon {
+        self.start_daemon_with(&[])
+    }
+
+    /// Starts the daemon with extra environment variables.
+    pub fn start_daemon_with(&self, env: &[(&str, &Path)]) -> Daemon {
         let runtime = tempfile::tempdir().expect("runtime dir");
         let stderr_file = runtime.path().join("daemon.stderr");
         let err = std::fs::File::create(&stderr_file).expect("stderr file");
-        let child = self
-            .cmd(&["daemon"])
+        let mut cmd = self.cmd(&["daemon"]);
+        cmd.env_remove("NOTIFY_SOCKET");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd
             .env("SYNCD_RUNTIME_DIR", runtime.path())
             .env("SYNCD_LOG", "info")
-            .env_remove("NOTIFY_SOCKET")
             .env_remove("XDG_RUNTIME_DIR")
             .stdin(Stdio::null())
             .stdout(Stdio::null())

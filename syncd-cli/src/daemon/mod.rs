@@ -166,11 +166,16 @@ pub fn run(cli: &Cli, home: &Path, a: &DaemonArgs) -> Result<u8, Failure> {
     }
 
     // Wait for a signal, pinging the watchdog when systemd asks for it.
-    let ping = notify::watchdog_interval_ms().unwrap_or(1_000);
+    let watchdog_ms = notify::watchdog_interval_ms();
+    let ping = watchdog_ms.unwrap_or(1_000);
     let reason = loop {
         match shutdown_rx.recv_timeout(Duration::from_millis(ping)) {
             Ok(r) => break r,
-            Err(mpsc::RecvTimeoutError::Timeout) => notify::notify("WATCHDOG=1"),
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                if watchdog_ms.is_some() {
+                    notify::notify("WATCHDOG=1");
+                }
+            }
             Err(mpsc::RecvTimeoutError::Disconnected) => break "signal handler ended".into(),
         }
     };
