@@ -26,8 +26,9 @@ use client::{DaemonFile, DAEMON_FILE};
 
 /// Most connections served at once; more are answered 503 and closed.
 pub const MAX_CONNECTIONS: usize = 64;
-/// How often the accept loop checks for shutdown.
-const ACCEPT_POLL_MS: u64 = 20;
+/// Pause after a failed accept (out of descriptors, say), so that a
+/// persistent failure does not spin.
+const ACCEPT_RETRY_MS: u64 = 20;
 /// How long a forced exit may take to record what was cut short.
 const FORCED_EXIT_GRACE_MS: u64 = 5_000;
 
@@ -126,9 +127,6 @@ pub fn run(cli: &Cli, home: &Path, a: &DaemonArgs) -> Result<u8, Failure> {
     let _ = std::fs::remove_file(&socket);
     let listener = UnixListener::bind(&socket)
         .map_err(|e| fail(format!("cannot listen on {}: {e}", socket.display())))?;
-    listener
-        .set_nonblocking(true)
-        .map_err(|e| fail(format!("socket {}: {e}", socket.display())))?;
     let shared = Arc::new(Shared {
         coordinator,
         home: home.to_path_buf(),
@@ -182,7 +180,10 @@ pub fn run(cli: &Cli, home: &Path, a: &DaemonArgs) -> Result<u8, Failure> {
     notify::notify("STOPPING=1");
     shared.draining.store(true, Ordering::SeqCst);
     let code = shutdown(&shared, &config, &reason, &forced);
+    // The accept loop blocks in accept(); a connection of our own wakes it
+    // to see the flag.
     stop_accepting.store(true, Ordering::SeqCst);
+    let _ = std::os::unix::net::UnixStream::connect(&socket);
     let _ = accept.join();
     remove_own_daemon_file(home);
     let _ = std::fs::remove_file(&socket);
@@ -260,19 +261,17 @@ fn accept_loop(listener: &UnixListener, shared: &Arc<Shared>, stop: &AtomicBool)
     while !stop.load(Ordering::SeqCst) {
         let stream = match listener.accept() {
             Ok((s, _)) => s,
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                std::thread::sleep(Duration::from_millis(ACCEPT_POLL_MS));
-                continue;
-            }
             Err(e) => {
                 tracing::warn!(error = %e, "accept failed");
-                std::thread::sleep(Duration::from_millis(ACCEPT_POLL_MS));
+                std::thread::sleep(Duration::from_millis(ACCEPT_RETRY_MS));
                 continue;
             }
         };
+        if stop.load(Ordering::SeqCst) {
+            break;
+        }
         let timeout = Some(Duration::from_millis(http::IO_TIMEOUT_MS));
-        if stream.set_nonblocking(false).is_err()
-            || stream.set_read_timeout(timeout).is_err()
+        if stream.set_read_timeout(timeout).is_err()
             || stream.set_write_timeout(timeout).is_err()
         {
             continue;
