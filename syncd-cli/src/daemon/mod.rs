@@ -271,9 +271,7 @@ fn accept_loop(listener: &UnixListener, shared: &Arc<Shared>, stop: &AtomicBool)
             break;
         }
         let timeout = Some(Duration::from_millis(http::IO_TIMEOUT_MS));
-        if stream.set_read_timeout(timeout).is_err()
-            || stream.set_write_timeout(timeout).is_err()
-        {
+        if stream.set_read_timeout(timeout).is_err() || stream.set_write_timeout(timeout).is_err() {
             continue;
         }
         if active.fetch_add(1, Ordering::SeqCst) >= MAX_CONNECTIONS {
