@@ -500,3 +500,45 @@ fn systemd_is_told_ready_status_and_stopping() {
     }
     assert_eq!(d.wait_exit(20), Some(0), "{}", d.stderr());
 }
+
+#[test]
+fn an_unreachable_org_policy_is_retried_until_it_answers() {
+    let home = Home::new();
+    home.daemon_config(
+        "retry_interval_ms = 50\n[org_policy]\nfile = \"org.json\"\ntimeout_ms = 1000\n",
+    );
+    let _d = home.start_daemon();
+    let s = home.wait_status("DEGRADED_OFFLINE", |s| state(s) == "DEGRADED_OFFLINE");
+    assert_eq!(s["health"], "offline_local_only");
+    assert!(
+        s["daemon"]["reason"].as_str().unwrap().contains("org.json"),
+        "{s:#}"
+    );
+    let moves_before = lifecycle(&home)["native"]["transitions"].as_u64().unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        lifecycle(&home)["native"]["transitions"].as_u64().unwrap(),
+        moves_before,
+        "quiet retries record nothing"
+    );
+    std::fs::write(
+        home.path().join("org.json"),
+        br#"{"org_policy_ref":"urn:srcos:org:policy-7"}"#,
+    )
+    .unwrap();
+    let s = home.wait_status("RUNNING", |s| state(s) == "RUNNING");
+    assert_eq!(s["health"], "clean");
+    let l = lifecycle(&home);
+    assert_eq!(l["current"]["orgPolicyRef"], "urn:srcos:org:policy-7");
+    let path = native_path(&l);
+    let offline = path.iter().position(|p| p == "DEGRADED_OFFLINE").unwrap();
+    assert_eq!(
+        path[offline - 1..offline + 3],
+        [
+            "ORG_POLICY_LOADING",
+            "DEGRADED_OFFLINE",
+            "ORG_POLICY_LOADING",
+            "ORG_POLICY_READY"
+        ]
+    );
+}

@@ -405,6 +405,14 @@ fn startup(shared: &Shared, config: &core::DaemonConfig, device: &str, policy_id
             );
         }
         Some(p) => {
+            // ORG_POLICY_LOADING while the provider is asked; after a
+            // failure the next attempt is quiet until its outcome is known.
+            let loading = || {
+                if c.state().ok() != Some(core::LifecycleState::OrgPolicyLoading) {
+                    moved(E::PolicyLoadStarted, MoveDetails::default());
+                }
+            };
+            loading();
             let mut last_failure: Option<core::LifecycleEvent> = None;
             loop {
                 if draining() {
@@ -415,7 +423,7 @@ fn startup(shared: &Shared, config: &core::DaemonConfig, device: &str, policy_id
                     core::ProviderAnswer::Answered(m) => {
                         match core::answer_ref(&m, "org_policy_ref") {
                             Ok(r) => {
-                                moved(E::PolicyLoadStarted, MoveDetails::default());
+                                loading();
                                 moved(
                                     E::PolicyLoaded,
                                     MoveDetails {
@@ -438,7 +446,7 @@ fn startup(shared: &Shared, config: &core::DaemonConfig, device: &str, policy_id
                 };
                 // Only a change of failure is recorded, not every retry.
                 if last_failure != Some(event) {
-                    moved(E::PolicyLoadStarted, MoveDetails::default());
+                    loading();
                     moved(event, reason(why));
                     last_failure = Some(event);
                 }
