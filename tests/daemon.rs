@@ -542,3 +542,25 @@ fn an_unreachable_org_policy_is_retried_until_it_answers() {
         ]
     );
 }
+
+#[test]
+fn a_closed_stdout_ends_a_served_command_quietly() {
+    let home = Home::new();
+    let _d = home.start_daemon();
+    home.wait_status("RUNNING", |s| state(s) == "RUNNING");
+    let out = home.ingest(&(0..3000).map(event).collect::<Vec<_>>());
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let mut child = home
+        .cmd(&["log", "--limit", "3000"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let mut buf = [0u8; 64];
+    let _ = std::io::Read::read(&mut stdout, &mut buf).unwrap();
+    drop(stdout);
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(!stderr(&out).contains("internal failure"));
+}

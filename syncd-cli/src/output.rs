@@ -101,6 +101,12 @@ impl Out {
         Self { inner }
     }
 
+    /// Writes bytes as they are (output of a command the daemon ran).
+    pub fn raw(&mut self, bytes: &[u8]) -> Result<(), OutError> {
+        self.inner.write_all(bytes)?;
+        Ok(())
+    }
+
     /// Writes one line.
     pub fn line(&mut self, text: &str) -> Result<(), OutError> {
         self.inner.write_all(text.as_bytes())?;

@@ -135,8 +135,21 @@ pub fn proxy(home: &Path, socket: &Path, reads_stdin: bool) -> Result<Proxied, F
             r.status
         ),
     })?;
-    print!("{}", resp.stdout);
-    eprint!("{}", resp.stderr);
+    {
+        use std::io::Write;
+        // A reader that went away (`syncd log | head`) ends the command
+        // quietly, as it does without a daemon.
+        let _ = std::io::stderr().write_all(resp.stderr.as_bytes());
+    }
+    let mut out = crate::output::Out::new();
+    let written = out.raw(resp.stdout.as_bytes()).and_then(|()| out.flush());
+    if let Err(e) = written {
+        let f = Failure::from(e);
+        if f.code == exit::OK && f.message.is_empty() {
+            return Ok(Proxied::Done(exit::OK));
+        }
+        return Err(f);
+    }
     Ok(Proxied::Done(resp.code))
 }
 
