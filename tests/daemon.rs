@@ -426,6 +426,9 @@ fn a_restart_after_a_killed_daemon_goes_through_recovery() {
     home.wait_status("RUNNING", |s| state(s) == "RUNNING");
     d.signal("KILL");
     d.wait_exit(10);
+    let s = home.status_json();
+    assert_eq!(s["health"], "daemon_unavailable", "{s:#}");
+    assert_eq!(s["daemon_available"], false);
     let mut d = home.start_daemon();
     home.wait_status("RUNNING", |s| state(s) == "RUNNING");
     let l = lifecycle(&home);

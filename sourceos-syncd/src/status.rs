@@ -146,6 +146,18 @@ pub struct DaemonSection {
 }
 
 impl StatusDocument {
+    /// The document when a daemon was expected (it named itself for this
+    /// home) but did not answer, so the store was read directly.
+    pub fn with_daemon_unavailable(mut self, why: &str) -> Self {
+        self.daemon_available = false;
+        self.daemon_state = "unavailable".to_owned();
+        if self.health == Health::Clean {
+            self.health = Health::DaemonUnavailable;
+            self.summary = format!("daemon unavailable: {why}; the store was read directly");
+        }
+        self
+    }
+
     /// The document as a running daemon reports it: its state, and the
     /// health that follows from it when nothing more severe is wrong.
     pub fn with_daemon(mut self, daemon: DaemonSection) -> Self {

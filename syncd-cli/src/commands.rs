@@ -308,6 +308,13 @@ fn status(cli: &Cli, home: &Path, a: &crate::cli::StatusArgs) -> Result<u8, Fail
     })?;
     if let Some(d) = crate::served::daemon() {
         doc = doc.with_daemon(d);
+    } else if home.join(crate::daemon::client::DAEMON_FILE).exists() {
+        // A daemon named itself for this home and did not answer (it was
+        // killed, or it is still starting): say so.
+        doc = doc.with_daemon_unavailable(&format!(
+            "{} names a daemon that does not answer",
+            crate::daemon::client::DAEMON_FILE
+        ));
     }
     close(store)?;
     let mut out = Out::new();
