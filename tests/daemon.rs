@@ -488,7 +488,7 @@ fn systemd_is_told_ready_status_and_stopping() {
     let sock = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
     sock.set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
-    let mut d = home.start_daemon_with(&[("NOTIFY_SOCKET", path.as_path())]);
+    let mut d = home.start_daemon_with(&[], &[("NOTIFY_SOCKET", path.as_path())]);
     let mut seen = Vec::new();
     let mut buf = [0u8; 512];
     while !seen.iter().any(|m: &String| m.contains("STATUS=RUNNING")) {
@@ -566,4 +566,41 @@ fn a_closed_stdout_ends_a_served_command_quietly() {
     let out = child.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert!(!stderr(&out).contains("internal failure"));
+}
+
+#[test]
+fn loopback_tcp_serves_reads_only_and_other_addresses_are_refused() {
+    let home = Home::new();
+    let _d = home.start_daemon_with(&["--tcp", "127.0.0.1:0"], &[]);
+    home.wait_status("RUNNING", |s| state(s) == "RUNNING");
+    let named: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(home.path().join("daemon.json")).unwrap())
+            .unwrap();
+    let addr = named["tcp"].as_str().unwrap().to_owned();
+    let ask = |req: &str| {
+        use std::io::Read;
+        let mut s = std::net::TcpStream::connect(&addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.write_all(req.as_bytes()).unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        out
+    };
+    let status = ask("GET /v1/status HTTP/1.1\r\nHost: t\r\n\r\n");
+    assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+    assert!(status.contains("\"RUNNING\""));
+    let cli = ask("POST /v1/cli HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\n\r\n{}");
+    assert!(cli.starts_with("HTTP/1.1 403"), "{cli}");
+    let submit = ask("POST /v1/events HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n");
+    assert!(submit.starts_with("HTTP/1.1 403"), "{submit}");
+
+    let other = Home::new();
+    let out = other.run(&["daemon", "--tcp", "0.0.0.0:0"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("loopback"));
+    assert!(other.daemon_socket().is_none(), "nothing written");
+    assert!(
+        !other.path().join("run").exists(),
+        "no runtime directory made"
+    );
 }

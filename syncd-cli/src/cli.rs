@@ -156,6 +156,11 @@ pub struct DaemonArgs {
     /// $XDG_RUNTIME_DIR/sourceos-syncd, else HOME/run].
     #[arg(long, value_name = "DIR", env = "SYNCD_RUNTIME_DIR")]
     pub runtime_dir: Option<PathBuf>,
+    /// Also serve the read-only API (GET routes) on this loopback TCP
+    /// address, e.g. 127.0.0.1:7878 (port 0 picks one; it is written to
+    /// HOME/daemon.json). Off by default; other addresses are refused.
+    #[arg(long, value_name = "ADDR")]
+    pub tcp: Option<std::net::SocketAddr>,
 }
 
 /// `syncd diagnostics`.

@@ -164,15 +164,17 @@ pub struct Daemon {
 impl Home {
     /// Starts the daemon and waits until its API answers.
     pub fn start_daemon(&self) -> Daemon {
-        self.start_daemon_with(&[])
+        self.start_daemon_with(&[], &[])
     }
 
-    /// Starts the daemon with extra environment variables.
-    pub fn start_daemon_with(&self, env: &[(&str, &Path)]) -> Daemon {
+    /// Starts the daemon with extra arguments and environment variables.
+    pub fn start_daemon_with(&self, args: &[&str], env: &[(&str, &Path)]) -> Daemon {
         let runtime = tempfile::tempdir().expect("runtime dir");
         let stderr_file = runtime.path().join("daemon.stderr");
         let err = std::fs::File::create(&stderr_file).expect("stderr file");
-        let mut cmd = self.cmd(&["daemon"]);
+        let mut all = vec!["daemon"];
+        all.extend_from_slice(args);
+        let mut cmd = self.cmd(&all);
         cmd.env_remove("NOTIFY_SOCKET");
         for (k, v) in env {
             cmd.env(k, v);

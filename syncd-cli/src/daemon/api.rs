@@ -4,7 +4,6 @@
 //! are started; a refusal names the gate that is missing.
 
 use std::io::{BufReader, Write};
-use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -13,7 +12,7 @@ use clap::Parser;
 use serde_json::json;
 use sourceos_syncd as core;
 
-use super::http::{self, Request};
+use super::http::{self, Conn, Request};
 use crate::daemon::client::{CommandRequest, CommandResponse};
 
 /// Most events one log request returns.
@@ -79,7 +78,7 @@ impl Shared {
     }
 }
 
-fn error(stream: &UnixStream, status: u16, code: &str, message: &str) -> std::io::Result<()> {
+fn error(stream: &Conn, status: u16, code: &str, message: &str) -> std::io::Result<()> {
     http::respond_json(
         stream,
         status,
@@ -88,7 +87,7 @@ fn error(stream: &UnixStream, status: u16, code: &str, message: &str) -> std::io
 }
 
 /// Answers one connection.
-pub fn handle(shared: &Shared, stream: &UnixStream) -> std::io::Result<()> {
+pub fn handle(shared: &Shared, stream: &Conn) -> std::io::Result<()> {
     let req = match http::read_request(stream) {
         Ok(r) => r,
         Err(http::HttpError::TooLarge(n)) => {
@@ -103,6 +102,15 @@ pub fn handle(shared: &Shared, stream: &UnixStream) -> std::io::Result<()> {
         Err(e) => return error(stream, 400, "bad_request", &e.to_string()),
     };
     let path = req.path.clone();
+    // Over TCP, any local user can connect: only reads are served.
+    if stream.is_tcp() && req.method != "GET" {
+        return error(
+            stream,
+            403,
+            "read_only",
+            "loopback TCP serves reads only; use the Unix socket",
+        );
+    }
     match (req.method.as_str(), path.as_str()) {
         ("GET", "/v1/health") => health(shared, stream),
         ("GET", "/v1/readiness") => readiness(shared, stream),
@@ -120,7 +128,7 @@ pub fn handle(shared: &Shared, stream: &UnixStream) -> std::io::Result<()> {
     }
 }
 
-fn health(shared: &Shared, stream: &UnixStream) -> std::io::Result<()> {
+fn health(shared: &Shared, stream: &Conn) -> std::io::Result<()> {
     let doc = core::status(shared.store()).map(|d| d.with_daemon(shared.daemon_section()));
     match doc {
         Ok(d) => http::respond_json(
@@ -137,13 +145,13 @@ fn health(shared: &Shared, stream: &UnixStream) -> std::io::Result<()> {
     }
 }
 
-fn readiness(shared: &Shared, stream: &UnixStream) -> std::io::Result<()> {
+fn readiness(shared: &Shared, stream: &Conn) -> std::io::Result<()> {
     let state = shared.coordinator.state().ok().map(|s| s.as_str());
     let subs = shared.coordinator.subsystems().unwrap_or_default();
     http::respond_json(stream, 200, &json!({ "state": state, "subsystems": subs }))
 }
 
-fn status(shared: &Shared, stream: &UnixStream) -> std::io::Result<()> {
+fn status(shared: &Shared, stream: &Conn) -> std::io::Result<()> {
     match core::status(shared.store()) {
         Ok(d) => {
             let d = d.with_daemon(shared.daemon_section());
@@ -153,7 +161,7 @@ fn status(shared: &Shared, stream: &UnixStream) -> std::io::Result<()> {
     }
 }
 
-fn lifecycle(shared: &Shared, stream: &UnixStream) -> std::io::Result<()> {
+fn lifecycle(shared: &Shared, stream: &Conn) -> std::io::Result<()> {
     match core::lifecycle(shared.store()) {
         Ok(v) => {
             let device = shared.store().meta().device.to_string();
@@ -172,7 +180,7 @@ fn seq_param(req: &Request, name: &str, default: u64) -> Result<u64, String> {
     }
 }
 
-fn log(shared: &Shared, stream: &UnixStream, req: &Request) -> std::io::Result<()> {
+fn log(shared: &Shared, stream: &Conn, req: &Request) -> std::io::Result<()> {
     let (from, limit) = match (seq_param(req, "from", 1), seq_param(req, "limit", 100)) {
         (Ok(f), Ok(l)) => (f, l),
         (Err(e), _) | (_, Err(e)) => return error(stream, 400, "bad_request", &e),
@@ -192,7 +200,7 @@ fn log(shared: &Shared, stream: &UnixStream, req: &Request) -> std::io::Result<(
     }
 }
 
-fn explain(shared: &Shared, stream: &UnixStream, object: &str) -> std::io::Result<()> {
+fn explain(shared: &Shared, stream: &Conn, object: &str) -> std::io::Result<()> {
     match core::explain(shared.store(), object) {
         Ok(Some(x)) => {
             http::respond_json(stream, 200, &serde_json::to_value(x).unwrap_or_default())
@@ -217,7 +225,7 @@ fn gate_refusal(shared: &Shared, subsystem: core::Subsystem) -> Option<serde_jso
     }
 }
 
-fn submit(shared: &Shared, stream: &UnixStream, req: &Request) -> std::io::Result<()> {
+fn submit(shared: &Shared, stream: &Conn, req: &Request) -> std::io::Result<()> {
     if let Some(refusal) = gate_refusal(shared, core::Subsystem::IngestLanes) {
         return http::respond_json(stream, 503, &refusal);
     }
@@ -259,7 +267,7 @@ fn submit(shared: &Shared, stream: &UnixStream, req: &Request) -> std::io::Resul
     }
 }
 
-fn event_stream(shared: &Shared, mut stream: &UnixStream, req: &Request) -> std::io::Result<()> {
+fn event_stream(shared: &Shared, mut stream: &Conn, req: &Request) -> std::io::Result<()> {
     // Resume after the last event the client saw; otherwise from `from`,
     // otherwise only what comes next.
     let head = shared.store().head().map(|(s, _)| s).unwrap_or(0);
@@ -287,7 +295,7 @@ fn event_stream(shared: &Shared, mut stream: &UnixStream, req: &Request) -> std:
 
 fn stream_from(
     shared: &Shared,
-    mut stream: &UnixStream,
+    mut stream: &Conn,
     mut next: u64,
     stop: &AtomicBool,
 ) -> std::io::Result<()> {
@@ -321,7 +329,7 @@ fn stream_from(
     Ok(())
 }
 
-fn cli(shared: &Shared, stream: &UnixStream, req: &Request) -> std::io::Result<()> {
+fn cli(shared: &Shared, stream: &Conn, req: &Request) -> std::io::Result<()> {
     if shared.draining.load(Ordering::SeqCst) {
         return error(stream, 503, "draining", "the daemon is shutting down");
     }

@@ -31,6 +31,9 @@ pub struct DaemonFile {
     pub socket: PathBuf,
     /// Its run.
     pub run_id: String,
+    /// Its loopback TCP address, when enabled (read-only API).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tcp: Option<String>,
 }
 
 /// The socket of the daemon serving `home`, when one answers.

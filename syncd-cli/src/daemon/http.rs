@@ -18,6 +18,80 @@ pub const MAX_BODY_BYTES: usize = 64 * 1024 * 1024;
 /// How long a peer may take to send its request or read a response.
 pub const IO_TIMEOUT_MS: u64 = 30_000;
 
+/// A connection to the local API: the Unix socket, or loopback TCP when
+/// enabled.
+#[derive(Debug)]
+pub enum Conn {
+    /// The Unix domain socket (full API).
+    Unix(UnixStream),
+    /// Loopback TCP (read-only API).
+    Tcp(std::net::TcpStream),
+}
+
+impl Conn {
+    /// Whether it came over TCP.
+    pub fn is_tcp(&self) -> bool {
+        matches!(self, Conn::Tcp(_))
+    }
+
+    /// Sets both I/O timeouts.
+    pub fn set_timeouts(&self, timeout: Option<Duration>) -> std::io::Result<()> {
+        match self {
+            Conn::Unix(s) => {
+                s.set_read_timeout(timeout)?;
+                s.set_write_timeout(timeout)
+            }
+            Conn::Tcp(s) => {
+                s.set_read_timeout(timeout)?;
+                s.set_write_timeout(timeout)
+            }
+        }
+    }
+}
+
+impl Read for &Conn {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Conn::Unix(s) => {
+                let mut s: &UnixStream = s;
+                s.read(buf)
+            }
+            Conn::Tcp(s) => {
+                let mut s: &std::net::TcpStream = s;
+                s.read(buf)
+            }
+        }
+    }
+}
+
+impl Write for &Conn {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Conn::Unix(s) => {
+                let mut s: &UnixStream = s;
+                s.write(buf)
+            }
+            Conn::Tcp(s) => {
+                let mut s: &std::net::TcpStream = s;
+                s.write(buf)
+            }
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            Conn::Unix(s) => {
+                let mut s: &UnixStream = s;
+                s.flush()
+            }
+            Conn::Tcp(s) => {
+                let mut s: &std::net::TcpStream = s;
+                s.flush()
+            }
+        }
+    }
+}
+
 /// A bad request, or a failed read or write.
 #[derive(Debug, thiserror::Error)]
 pub enum HttpError {
@@ -173,7 +247,7 @@ fn read_body<R: BufRead>(r: &mut R, headers: &[(String, String)]) -> Result<Vec<
 }
 
 /// Reads one request from a connection.
-pub fn read_request(stream: &UnixStream) -> Result<Request, HttpError> {
+pub fn read_request(stream: &Conn) -> Result<Request, HttpError> {
     let mut r = BufReader::new(stream);
     let head = read_head(&mut r)?;
     let (first, rest) = head
@@ -211,6 +285,7 @@ fn reason(status: u16) -> &'static str {
     match status {
         200 => "OK",
         400 => "Bad Request",
+        403 => "Forbidden",
         404 => "Not Found",
         405 => "Method Not Allowed",
         413 => "Payload Too Large",
@@ -222,7 +297,7 @@ fn reason(status: u16) -> &'static str {
 
 /// Writes a whole response and ends the exchange.
 pub fn respond(
-    mut stream: &UnixStream,
+    mut stream: &Conn,
     status: u16,
     content_type: &str,
     body: &[u8],
@@ -238,11 +313,7 @@ pub fn respond(
 }
 
 /// Writes a JSON response.
-pub fn respond_json(
-    stream: &UnixStream,
-    status: u16,
-    value: &serde_json::Value,
-) -> std::io::Result<()> {
+pub fn respond_json(stream: &Conn, status: u16, value: &serde_json::Value) -> std::io::Result<()> {
     let mut body = serde_json::to_vec(value).unwrap_or_default();
     body.push(b'\n');
     respond(stream, status, "application/json", &body)
@@ -313,14 +384,20 @@ mod tests {
             let mut b = b;
             let _ = b.write_all(b"POST /x HTTP/1.1\r\nContent-Length: 999999999999\r\n\r\n");
         });
-        assert!(matches!(read_request(&a), Err(HttpError::TooLarge(_))));
+        assert!(matches!(
+            read_request(&Conn::Unix(a)),
+            Err(HttpError::TooLarge(_))
+        ));
         w.join().unwrap();
         let (a, b) = UnixStream::pair().unwrap();
         let w = std::thread::spawn(move || {
             let mut b = b;
             let _ = b.write_all(b"GARBAGE\r\n\r\n");
         });
-        assert!(matches!(read_request(&a), Err(HttpError::Bad(_))));
+        assert!(matches!(
+            read_request(&Conn::Unix(a)),
+            Err(HttpError::Bad(_))
+        ));
         w.join().unwrap();
     }
 }

@@ -76,6 +76,11 @@ fn write_daemon_file(home: &Path, f: &DaemonFile) -> std::io::Result<()> {
 
 /// Runs the daemon until it has shut down.
 pub fn run(cli: &Cli, home: &Path, a: &DaemonArgs) -> Result<u8, Failure> {
+    if let Some(addr) = a.tcp.filter(|a| !a.ip().is_loopback()) {
+        return Err(Failure::usage(format!(
+            "--tcp {addr}: only a loopback address is allowed"
+        )));
+    }
     let config = core::DaemonConfig::load(home).map_err(|e| Failure::store(&e))?;
     if let Some(socket) = client::discover(home) {
         return Err(fail(format!(
@@ -91,6 +96,18 @@ pub fn run(cli: &Cli, home: &Path, a: &DaemonArgs) -> Result<u8, Failure> {
         "urn:srcos:runtime:{}",
         core::IdGenerator::next_id(&core::UuidV7Generator)
     );
+    // Loopback TCP, off unless asked for; never another interface.
+    let (tcp, tcp_addr) = match a.tcp {
+        None => (None, None),
+        Some(addr) => {
+            let l = std::net::TcpListener::bind(addr)
+                .map_err(|e| fail(format!("cannot listen on {addr}: {e}")))?;
+            let bound = l
+                .local_addr()
+                .map_err(|e| fail(format!("cannot listen on {addr}: {e}")))?;
+            (Some(l), Some(bound))
+        }
+    };
     // Named before the store is opened: a command that finds the store
     // held in the moment before the socket answers knows to wait for it.
     write_daemon_file(
@@ -99,6 +116,7 @@ pub fn run(cli: &Cli, home: &Path, a: &DaemonArgs) -> Result<u8, Failure> {
             pid: std::process::id(),
             socket: socket.clone(),
             run_id: run_id.clone(),
+            tcp: tcp_addr.map(|a| a.to_string()),
         },
     )
     .map_err(|e| {
@@ -133,13 +151,34 @@ pub fn run(cli: &Cli, home: &Path, a: &DaemonArgs) -> Result<u8, Failure> {
         draining: AtomicBool::new(false),
     });
     let stop_accepting = Arc::new(AtomicBool::new(false));
+    let active = Arc::new(AtomicUsize::new(0));
     let accept = {
         let shared = shared.clone();
         let stop = stop_accepting.clone();
+        let active = active.clone();
         std::thread::Builder::new()
             .name("api-accept".into())
-            .spawn(move || accept_loop(&listener, &shared, &stop))
+            .spawn(move || {
+                let next = || listener.accept().map(|(s, _)| http::Conn::Unix(s));
+                accept_loop(next, &shared, &stop, &active)
+            })
             .map_err(|e| fail(format!("cannot start the API thread: {e}")))?
+    };
+    let accept_tcp = match tcp {
+        None => None,
+        Some(l) => {
+            let shared = shared.clone();
+            let stop = stop_accepting.clone();
+            let active = active.clone();
+            let handle = std::thread::Builder::new()
+                .name("api-accept-tcp".into())
+                .spawn(move || {
+                    let next = || l.accept().map(|(s, _)| http::Conn::Tcp(s));
+                    accept_loop(next, &shared, &stop, &active)
+                })
+                .map_err(|e| fail(format!("cannot start the TCP API thread: {e}")))?;
+            Some(handle)
+        }
     };
 
     // Signals: the first starts the shutdown, the second forces it.
@@ -185,6 +224,10 @@ pub fn run(cli: &Cli, home: &Path, a: &DaemonArgs) -> Result<u8, Failure> {
     stop_accepting.store(true, Ordering::SeqCst);
     let _ = std::os::unix::net::UnixStream::connect(&socket);
     let _ = accept.join();
+    if let (Some(h), Some(addr)) = (accept_tcp, tcp_addr) {
+        let _ = std::net::TcpStream::connect(addr);
+        let _ = h.join();
+    }
     remove_own_daemon_file(home);
     let _ = std::fs::remove_file(&socket);
     drop(shared);
@@ -256,11 +299,17 @@ fn spawn_signal_thread(
     Ok(())
 }
 
-fn accept_loop(listener: &UnixListener, shared: &Arc<Shared>, stop: &AtomicBool) {
-    let active = Arc::new(AtomicUsize::new(0));
+/// Accepts connections until `stop`; `active` counts connections of every
+/// listener, so the bound holds for the socket and TCP together.
+fn accept_loop(
+    accept: impl Fn() -> std::io::Result<http::Conn>,
+    shared: &Arc<Shared>,
+    stop: &AtomicBool,
+    active: &Arc<AtomicUsize>,
+) {
     while !stop.load(Ordering::SeqCst) {
-        let stream = match listener.accept() {
-            Ok((s, _)) => s,
+        let stream = match accept() {
+            Ok(s) => s,
             Err(e) => {
                 tracing::warn!(error = %e, "accept failed");
                 std::thread::sleep(Duration::from_millis(ACCEPT_RETRY_MS));
@@ -271,7 +320,7 @@ fn accept_loop(listener: &UnixListener, shared: &Arc<Shared>, stop: &AtomicBool)
             break;
         }
         let timeout = Some(Duration::from_millis(http::IO_TIMEOUT_MS));
-        if stream.set_read_timeout(timeout).is_err() || stream.set_write_timeout(timeout).is_err() {
+        if stream.set_timeouts(timeout).is_err() {
             continue;
         }
         if active.fetch_add(1, Ordering::SeqCst) >= MAX_CONNECTIONS {
