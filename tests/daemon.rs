@@ -604,3 +604,31 @@ fn loopback_tcp_serves_reads_only_and_other_addresses_are_refused() {
         "no runtime directory made"
     );
 }
+
+#[test]
+fn another_devices_lifecycle_in_a_bundle_is_not_this_devices_state() {
+    let laptop = Home::device("device:laptop", "profile:p");
+    let mut d = laptop.start_daemon();
+    laptop.wait_status("RUNNING", |s| state(s) == "RUNNING");
+    d.signal("TERM");
+    assert_eq!(d.wait_exit(20), Some(0));
+    let dir = tempfile::tempdir().unwrap();
+    let bundle = dir.path().join("laptop.bundle");
+    let out = laptop.run(&["export", "--out", bundle.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+
+    let desktop = Home::device("device:desktop", "profile:p");
+    let out = desktop.run(&["import", bundle.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let l = lifecycle(&desktop);
+    assert_eq!(l["native"]["transitions"], 0, "{l:#}");
+    assert_eq!(l["native"]["state"], "BOOT");
+    // Its daemon starts from its own (empty) history.
+    let mut d = desktop.start_daemon();
+    desktop.wait_status("RUNNING", |s| state(s) == "RUNNING");
+    let path = native_path(&lifecycle(&desktop));
+    assert_eq!(path.first().map(String::as_str), Some("LOCAL_READY"));
+    assert!(!path.contains(&"RECOVERY".to_owned()));
+    d.signal("TERM");
+    assert_eq!(d.wait_exit(20), Some(0));
+}

@@ -2,7 +2,8 @@
 //! recent moves, and the outcome of each step of the latest shutdown. One
 //! record, rewritten on each lifecycle event; lifecycle events are rare (a
 //! few per daemon run), so the rewrite costs nothing that matters, and the
-//! history it keeps is bounded by [`MAX_HISTORY`].
+//! history it keeps is bounded by [`MAX_HISTORY`]. Only this device's own
+//! lifecycle events are folded; imported ones are another device's.
 
 use serde::{Deserialize, Serialize};
 
@@ -68,7 +69,9 @@ impl Projection for LifecycleIndex {
 
     fn apply(&self, event: &Envelope, state: &mut Staging) -> Result<(), ProjectionError> {
         let kind = event.kind().as_str();
-        if kind != LIFECYCLE_KIND && kind != SHUTDOWN_STEP_KIND {
+        // Another device's lifecycle, arriving in a bundle, is its own: it
+        // stays in the log but is not this device's state.
+        if (kind != LIFECYCLE_KIND && kind != SHUTDOWN_STEP_KIND) || event.is_imported() {
             return Ok(());
         }
         let seq = event.seq().get();
