@@ -632,3 +632,29 @@ fn another_devices_lifecycle_in_a_bundle_is_not_this_devices_state() {
     d.signal("TERM");
     assert_eq!(d.wait_exit(20), Some(0));
 }
+
+#[test]
+fn a_store_whose_lifecycle_projection_is_damaged_is_refused_and_leaves_nothing_behind() {
+    let home = Home::new();
+    let out = home.run(&[
+        "drill",
+        "damage-derived",
+        "--tree",
+        "p.lifecycle",
+        "--mode",
+        "drop",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let before = home.head();
+    let out = home.run(&["daemon"]);
+    assert_eq!(out.status.code(), Some(4));
+    assert!(stderr(&out).contains("doctor"), "{}", stderr(&out));
+    assert!(home.daemon_socket().is_none(), "daemon.json removed");
+    assert_eq!(home.head(), before, "nothing recorded");
+    let out = home.run(&["doctor", "--repair"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let mut d = home.start_daemon();
+    home.wait_status("RUNNING", |s| state(s) == "RUNNING");
+    d.signal("TERM");
+    assert_eq!(d.wait_exit(20), Some(0));
+}

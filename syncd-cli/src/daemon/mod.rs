@@ -74,8 +74,17 @@ fn write_daemon_file(home: &Path, f: &DaemonFile) -> std::io::Result<()> {
     std::fs::rename(&tmp, home.join(DAEMON_FILE))
 }
 
-/// Runs the daemon until it has shut down.
+/// Runs the daemon until it has shut down. Whatever ends it early, the
+/// `daemon.json` it wrote does not stay behind.
 pub fn run(cli: &Cli, home: &Path, a: &DaemonArgs) -> Result<u8, Failure> {
+    let result = serve(cli, home, a);
+    if result.is_err() {
+        remove_own_daemon_file(home);
+    }
+    result
+}
+
+fn serve(cli: &Cli, home: &Path, a: &DaemonArgs) -> Result<u8, Failure> {
     if let Some(addr) = a.tcp.filter(|a| !a.ip().is_loopback()) {
         return Err(Failure::usage(format!(
             "--tcp {addr}: only a loopback address is allowed"
@@ -125,13 +134,7 @@ pub fn run(cli: &Cli, home: &Path, a: &DaemonArgs) -> Result<u8, Failure> {
             home.join(DAEMON_FILE).display()
         ))
     })?;
-    let store = match crate::commands::open(cli, home, true) {
-        Ok(s) => s,
-        Err(f) => {
-            remove_own_daemon_file(home);
-            return Err(f);
-        }
-    };
+    let store = crate::commands::open(cli, home, true)?;
     let run = core::RunId::new(run_id.as_str()).map_err(|e| fail(e.to_string()))?;
     let coordinator =
         core::Coordinator::start(store.clone(), run).map_err(|e| fail(crate::chain(&e)))?;
