@@ -94,7 +94,7 @@ pub enum Command {
     /// HostRuntimeLifecycleState documents (QUIT_READY is shown as HALTED,
     /// DEGRADED_OFFLINE as LOCAL_READY, DEGRADED_POLICY_FAILED as
     /// IDENTITY_CONFIRMED); `native` keeps syncd's own states.
-    Lifecycle(ListArgs),
+    Lifecycle(LifecycleArgs),
     /// Run the daemon: lifecycle coordinator, readiness gates, local API on
     /// a Unix domain socket (health, readiness, status, lifecycle, log,
     /// explain, event submission, event stream), shutdown graph on SIGTERM
@@ -147,6 +147,15 @@ impl Command {
     pub fn reads_stdin(&self) -> bool {
         matches!(self, Command::Ingest(a) if a.file.is_none())
     }
+}
+
+/// `syncd lifecycle`.
+#[derive(Debug, Args)]
+pub struct LifecycleArgs {
+    /// Print one JSON document: `current` and `history` as
+    /// HostRuntimeLifecycleState documents, `native` with syncd's states.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `syncd daemon`.

@@ -8,7 +8,7 @@ use std::path::Path;
 
 use sourceos_syncd as core;
 
-use crate::cli::{Cli, ListArgs};
+use crate::cli::{Cli, LifecycleArgs};
 use crate::commands::{close, open};
 use crate::output::Out;
 use crate::{exit, Failure};
@@ -32,7 +32,7 @@ pub(crate) fn document(view: &core::LifecycleView, device: &str) -> serde_json::
     })
 }
 
-pub(crate) fn lifecycle(cli: &Cli, home: &Path, a: &ListArgs) -> Result<u8, Failure> {
+pub(crate) fn lifecycle(cli: &Cli, home: &Path, a: &LifecycleArgs) -> Result<u8, Failure> {
     let store = open(cli, home, true)?;
     let view = core::lifecycle(&store).map_err(|e| Failure::store(&e));
     let device = store.meta().device.to_string();
