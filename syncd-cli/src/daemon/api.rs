@@ -5,7 +5,7 @@
 
 use std::io::{BufReader, Write};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
@@ -32,11 +32,35 @@ pub struct Shared {
     pub home: PathBuf,
     /// Set when shutdown starts: no new work.
     pub draining: AtomicBool,
+    /// Submissions and served commands running now (the local runtime
+    /// lanes); shutdown waits for them before receipts are flushed.
+    pub in_flight: std::sync::Arc<AtomicUsize>,
+}
+
+/// One unit of work in a lane; leaving the lane when dropped.
+pub struct Lane(std::sync::Arc<AtomicUsize>);
+
+impl Drop for Lane {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl Shared {
     fn store(&self) -> &core::Store {
         self.coordinator.store()
+    }
+
+    /// Enters a lane, unless the daemon drains. The count goes up before
+    /// the flag is read, so shutdown, which sets the flag and then waits
+    /// for the count to reach zero, never misses work that got in.
+    pub fn enter_lane(&self) -> Option<Lane> {
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
+        let lane = Lane(self.in_flight.clone());
+        if self.draining.load(Ordering::SeqCst) {
+            return None;
+        }
+        Some(lane)
     }
 
     /// The daemon's section of the status document.
@@ -226,6 +250,14 @@ fn gate_refusal(shared: &Shared, subsystem: core::Subsystem) -> Option<serde_jso
 }
 
 fn submit(shared: &Shared, stream: &Conn, req: &Request) -> std::io::Result<()> {
+    let Some(_lane) = shared.enter_lane() else {
+        return error(
+            stream,
+            503,
+            "draining",
+            "the daemon is shutting down and accepts no new work",
+        );
+    };
     if let Some(refusal) = gate_refusal(shared, core::Subsystem::IngestLanes) {
         return http::respond_json(stream, 503, &refusal);
     }
@@ -330,9 +362,9 @@ fn stream_from(
 }
 
 fn cli(shared: &Shared, stream: &Conn, req: &Request) -> std::io::Result<()> {
-    if shared.draining.load(Ordering::SeqCst) {
+    let Some(_lane) = shared.enter_lane() else {
         return error(stream, 503, "draining", "the daemon is shutting down");
-    }
+    };
     let split = req
         .body
         .iter()

@@ -29,6 +29,8 @@ pub const MAX_CONNECTIONS: usize = 64;
 /// Pause after a failed accept (out of descriptors, say), so that a
 /// persistent failure does not spin.
 const ACCEPT_RETRY_MS: u64 = 20;
+/// How often the lanes step checks for work still running.
+const LANE_POLL_MS: u64 = 10;
 /// How long a forced exit may take to record what was cut short.
 const FORCED_EXIT_GRACE_MS: u64 = 5_000;
 
@@ -152,6 +154,7 @@ fn serve(cli: &Cli, home: &Path, a: &DaemonArgs) -> Result<u8, Failure> {
         coordinator,
         home: home.to_path_buf(),
         draining: AtomicBool::new(false),
+        in_flight: Arc::new(AtomicUsize::new(0)),
     });
     let stop_accepting = Arc::new(AtomicBool::new(false));
     let active = Arc::new(AtomicUsize::new(0));
@@ -583,7 +586,18 @@ fn shutdown(
             .and_then(|h| h.timeout_ms)
             .unwrap_or(config.step_timeout_ms);
         let store = c.store().clone();
+        let in_flight = shared.in_flight.clone();
         let action: core::StepAction = Box::new(move |abandoned| {
+            if name == "local_runtime_lanes" {
+                // Submissions and served commands that got in before the
+                // drain finish (their events become durable) first.
+                while in_flight.load(Ordering::SeqCst) > 0 {
+                    if abandoned.load(Ordering::SeqCst) {
+                        return Err("work in the lanes did not finish".into());
+                    }
+                    std::thread::sleep(Duration::from_millis(LANE_POLL_MS));
+                }
+            }
             if let Some(h) = hook {
                 // The hook gets the whole step's time; the graph decides
                 // whether that was too long.
