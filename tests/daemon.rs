@@ -701,3 +701,34 @@ fn a_shutdown_during_an_ingest_loses_nothing() {
     assert_eq!(lanes["outcome"], "completed", "{lanes:#}");
     assert!(home.head() >= before + 10_000);
 }
+
+#[test]
+fn an_ingest_refused_by_a_draining_daemon_runs_here_with_its_input() {
+    let home = Home::new();
+    // The first step hangs for a while, so the daemon drains long enough
+    // for the ingest to meet it.
+    home.daemon_config(
+        "[shutdown.hooks.sessions]\ncommand = [\"sleep\", \"30\"]\ntimeout_ms = 1500\n",
+    );
+    let mut d = home.start_daemon();
+    home.wait_status("RUNNING", |s| state(s) == "RUNNING");
+    let before = home.head();
+    d.signal("TERM");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !d.stderr().contains("CLEANUP_RUNNING") {
+        assert!(std::time::Instant::now() < deadline, "{}", d.stderr());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = home.ingest(&(0..50).map(event).collect::<Vec<_>>());
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(json_lines(&out).len(), 50, "{}", stdout(&out));
+    assert_eq!(d.wait_exit(20), Some(0), "{}", d.stderr());
+    // 50 events, plus what the shutdown recorded.
+    assert!(home.head() >= before + 50);
+    let out = home.run(&["log", "--json", "--limit", "1000000"]);
+    let notes = json_lines(&out)
+        .iter()
+        .filter(|e| e["kind"] == "note.added")
+        .count();
+    assert_eq!(notes, 50);
+}

@@ -106,7 +106,11 @@ fn run(cli: &cli::Cli, home: &std::path::Path) -> Result<u8, Failure> {
     if let Some(socket) = daemon::client::discover(home) {
         match daemon::client::proxy(home, &socket, cli.command.reads_stdin())? {
             daemon::client::Proxied::Done(code) => return Ok(code),
-            daemon::client::Proxied::RunLocally => {}
+            daemon::client::Proxied::RunLocally(input) => {
+                if let Some(bytes) = input {
+                    served::replay_stdin(bytes);
+                }
+            }
         }
     }
     let local = commands::run(cli, home);

@@ -19,6 +19,14 @@ struct Served {
 
 thread_local! {
     static SERVED: RefCell<Option<Served>> = const { RefCell::new(None) };
+    /// Input already read from stdin for a daemon that then refused the
+    /// command (it was shutting down): the command runs here with it.
+    static REPLAYED_STDIN: RefCell<Option<Vec<u8>>> = const { RefCell::new(None) };
+}
+
+/// Hands input already read from stdin to the command that runs here.
+pub(crate) fn replay_stdin(bytes: Vec<u8>) {
+    REPLAYED_STDIN.with(|r| *r.borrow_mut() = Some(bytes));
 }
 
 /// What a served command printed.
@@ -75,9 +83,12 @@ pub(crate) fn daemon() -> Option<core::DaemonSection> {
     SERVED.with(|s| s.borrow().as_ref().and_then(|x| x.daemon.clone()))
 }
 
-/// The client's stdin (once), when served.
+/// The client's stdin (once) when served, or input replayed after a
+/// draining daemon refused the command.
 pub(crate) fn take_stdin() -> Option<Vec<u8>> {
-    SERVED.with(|s| s.borrow_mut().as_mut().and_then(|x| x.stdin.take()))
+    SERVED
+        .with(|s| s.borrow_mut().as_mut().and_then(|x| x.stdin.take()))
+        .or_else(|| REPLAYED_STDIN.with(|r| r.borrow_mut().take()))
 }
 
 /// Appends to the captured stdout; false when not served.

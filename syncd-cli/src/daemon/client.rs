@@ -62,8 +62,9 @@ pub fn wait_for_daemon(home: &Path) -> Option<PathBuf> {
 pub enum Proxied {
     /// It ran; this is its exit code.
     Done(u8),
-    /// The daemon is shutting down and has let go of the store: run here.
-    RunLocally,
+    /// The daemon is shutting down and has let go of the store: run here,
+    /// with the input already read from stdin, if any.
+    RunLocally(Option<Vec<u8>>),
 }
 
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -95,6 +96,7 @@ pub fn proxy(home: &Path, socket: &Path, reads_stdin: bool) -> Result<Proxied, F
     let mut body =
         serde_json::to_vec(&CommandRequest { args, cwd }).map_err(|e| Failure::store(&e))?;
     body.push(b'\n');
+    let mut consumed = None;
     if reads_stdin {
         let mut input = Vec::new();
         std::io::stdin()
@@ -115,6 +117,7 @@ pub fn proxy(home: &Path, socket: &Path, reads_stdin: bool) -> Result<Proxied, F
             });
         }
         body.extend_from_slice(&input);
+        consumed = Some(input);
     }
     let r =
         http::request(socket, "POST", "/v1/cli", &[], &body, COMMAND_TIMEOUT_MS).map_err(|e| {
@@ -129,7 +132,7 @@ pub fn proxy(home: &Path, socket: &Path, reads_stdin: bool) -> Result<Proxied, F
         })?;
     if r.status == 503 {
         wait_until_gone(home, socket);
-        return Ok(Proxied::RunLocally);
+        return Ok(Proxied::RunLocally(consumed));
     }
     let resp: CommandResponse = serde_json::from_slice(&r.body).map_err(|e| Failure {
         code: exit::STORE,
