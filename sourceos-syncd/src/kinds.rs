@@ -20,7 +20,7 @@ pub(crate) struct KindSpec {
 }
 
 /// Every domain's table of kinds.
-fn tables() -> [&'static [KindSpec]; 6] {
+fn tables() -> [&'static [KindSpec]; 7] {
     [
         crate::model::KINDS,
         crate::agent_txn::KINDS,
@@ -28,6 +28,7 @@ fn tables() -> [&'static [KindSpec]; 6] {
         crate::session::KINDS,
         crate::capability::KINDS,
         crate::receipt::KINDS,
+        crate::lifecycle::KINDS,
     ]
 }
 

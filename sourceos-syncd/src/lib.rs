@@ -11,6 +11,8 @@ mod capability;
 mod clock;
 mod codec;
 mod contract;
+mod coordinator;
+mod diagnostics;
 mod doctor;
 mod event;
 mod evidence;
@@ -19,13 +21,16 @@ mod gitstate;
 mod ids;
 mod ingest;
 mod kinds;
+mod lifecycle;
 mod model;
 mod policy;
 mod projection;
+mod providers;
 mod receipt;
 mod replication;
 mod session;
 mod session_dag;
+mod shutdown;
 mod status;
 mod storage;
 mod store;
@@ -50,6 +55,14 @@ pub use codec::{DecodeError, EncodeError};
 pub use contract::{
     choose as choose_schema, schema_info, validate_document, Checked, ContractError, SchemaInfo,
     SetRules, Violation, MAX_SET_DOCUMENTS, MAX_VIOLATIONS, SCHEMAS,
+};
+pub use coordinator::{
+    lifecycle, Coordinator, CoordinatorError, LifecycleView, MoveDetails, MoveOutcome,
+    SubsystemView,
+};
+pub use diagnostics::{
+    diagnostics_bundle, DiagnosticsInput, Redactor, DIAGNOSTICS_BUNDLE_VERSION,
+    DIAGNOSTICS_SPEC_VERSION,
 };
 pub use doctor::{
     damage, doctor, verify, DamageTarget, DoctorError, DoctorOptions, DoctorReport, Finding,
@@ -77,17 +90,29 @@ pub use ingest::{
     parse_line, IngestError, IngestResult, IngestSummary, Ingestor, LineOutcome, MAX_LINE_BYTES,
 };
 pub use kinds::{known_kinds, validate as validate_kind};
+pub use lifecycle::{
+    readiness, transition as lifecycle_transition, Gate, InvalidLifecycleTransition,
+    LifecycleEvent, LifecycleState, Readiness, RunId, ShutdownStep, StepOutcome, Subsystem,
+    Transition, TransitionRecord, LIFECYCLE_ACTOR, LIFECYCLE_EVENTS, LIFECYCLE_KIND,
+    LIFECYCLE_SPEC_VERSION, LIFECYCLE_STATES, RUN_ID_PREFIX, SHUTDOWN_STEP_KIND, SUBSYSTEMS,
+};
 pub use model::{ConflictOption, DeviceState, Effect};
 pub use policy::{
     Action, LocalPolicy, PolicyError, PolicyHook, PolicyRequest, PolicyVerdict, Rule, MAX_RULES,
     POLICY_FILE,
 };
+pub use projection::lifecycle::ShutdownStepRecord;
 pub use projection::registry::{ConflictState, Counters as RegistryCounters, Step, TxnState};
 pub use projection::sessions::{
     LeaseRecord, OrphanState, SessionCounters, TurnStep, MAX_QUEUED_PER_SESSION, MAX_TURN_STEPS,
 };
 pub use projection::summary::SummaryView;
 pub use projection::{Checkpoint, ProjectionError, ProjectionHealth, ProjectionStatus};
+pub use providers::{
+    answer_ref, ask, run_bounded, CommandOutcome, ConfigError, DaemonConfig, Provider,
+    ProviderAnswer, ProviderSource, StepHook, DAEMON_CONFIG_FILE, DEFAULT_PROVIDER_TIMEOUT_MS,
+    DEFAULT_RETRY_INTERVAL_MS, DEFAULT_STEP_TIMEOUT_MS, MAX_ANSWER_BYTES,
+};
 pub use receipt::{
     automation_transition, install_transition, receipt, receipts, AutomationEvent,
     AutomationRecord, AutomationState, InstallRecord, InstallState, InvalidReceiptTransition,
@@ -107,9 +132,10 @@ pub use session_dag::{
     OrphanEventReceipt, SessionDagError, SessionDetail, SessionView, SweepReport, TurnView,
     CONFIG_FILE, DEFAULT_ORPHAN_TTL_SECONDS, MAX_ORPHAN_TTL_SECONDS, ORPHAN_RECEIPT_SPEC_VERSION,
 };
+pub use shutdown::{run_graph, GraphError, StepAction, StepResult, StepSpec, MAX_SHUTDOWN_STEPS};
 pub use status::{
-    status, Health, LogStatus, ProjectionState, ReplicationStatus, SessionStatus, StatusDocument,
-    MAX_SPLIT_BRAIN_LISTED, STATUS_SCHEMA_VERSION,
+    status, DaemonSection, Health, LogStatus, ProjectionState, ReplicationStatus, SessionStatus,
+    StatusDocument, MAX_SPLIT_BRAIN_LISTED, STATUS_SCHEMA_VERSION,
 };
 pub use storage::{StorageError, StorageOptions, DERIVED_PREFIX, EVENTS_TREE, META_TREE};
 pub use store::{

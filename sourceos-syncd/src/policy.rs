@@ -184,6 +184,11 @@ impl LocalPolicy {
         Self::parse(&text).map_err(|reason| PolicyError::Invalid { path, reason })
     }
 
+    /// The policy's id (the default policy's when no file exists).
+    pub fn policy_id(&self) -> &str {
+        &self.policy_id
+    }
+
     /// Parses policy text.
     pub fn parse(text: &str) -> Result<Self, String> {
         let file: PolicyFile = toml::from_str(text).map_err(|e| e.to_string())?;

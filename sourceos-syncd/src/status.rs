@@ -129,6 +129,9 @@ pub struct StatusDocument {
     /// Replication, once a pass was attempted.
     #[serde(default)]
     pub replication: Option<ReplicationStatus>,
+    /// The daemon that answered, when one did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub daemon: Option<DaemonSection>,
 }
 
 /// Replication in the status document, from the last `syncd sync` pass.
@@ -146,6 +149,71 @@ pub struct ReplicationStatus {
     pub stale_peers: u64,
     /// The largest lag, in events, at the last pass.
     pub max_lag: u64,
+}
+
+/// What a running daemon adds to the status document.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DaemonSection {
+    /// The daemon's run.
+    pub run_id: String,
+    /// Its process id.
+    pub pid: u32,
+    /// Its lifecycle state (syncd's own name).
+    pub state: String,
+    /// The nearest upstream lifecycle state.
+    pub upstream_state: String,
+    /// Why it is in that state, when it is degraded or pending.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Subsystems started.
+    pub started_subsystems: Vec<String>,
+    /// Subsystems refused, each with the gate it is missing.
+    pub blocked_subsystems: BTreeMap<String, String>,
+    /// Whether it is local-only or offline.
+    pub offline: bool,
+    /// Why org-bound subsystems are blocked by policy, when they are.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy_blocked_reason: Option<String>,
+}
+
+impl StatusDocument {
+    /// The document when a daemon was expected (it named itself for this
+    /// home) but did not answer, so the store was read directly.
+    pub fn with_daemon_unavailable(mut self, why: &str) -> Self {
+        self.daemon_available = false;
+        self.daemon_state = "unavailable".to_owned();
+        if self.health == Health::Clean {
+            self.health = Health::DaemonUnavailable;
+            self.summary = format!("daemon unavailable: {why}; the store was read directly");
+        }
+        self
+    }
+
+    /// The document as a running daemon reports it: its state, and the
+    /// health that follows from it when nothing more severe is wrong.
+    pub fn with_daemon(mut self, daemon: DaemonSection) -> Self {
+        self.daemon_available = true;
+        self.daemon_state = daemon.state.clone();
+        if self.health == Health::Clean {
+            if let Some(r) = &daemon.policy_blocked_reason {
+                self.health = Health::Degraded;
+                self.degraded = true;
+                self.summary = format!("degraded: org-bound subsystems blocked: {r}");
+            } else if daemon.offline {
+                self.health = Health::OfflineLocalOnly;
+                self.degraded = true;
+                self.summary = format!(
+                    "offline, local only: {}",
+                    daemon
+                        .reason
+                        .clone()
+                        .unwrap_or_else(|| "provider unreachable".into())
+                );
+            }
+        }
+        self.daemon = Some(daemon);
+        self
+    }
 }
 
 /// The session DAG in the status document.
@@ -317,6 +385,7 @@ pub fn status(store: &Store) -> Result<StatusDocument, String> {
         projections: map,
         sessions,
         replication,
+        daemon: None,
     })
 }
 

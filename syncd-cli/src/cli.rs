@@ -133,6 +133,75 @@ pub enum Command {
     /// SourceOS documents with --json; `syncd receipts revoke ID` ends an
     /// active automation session.
     Receipts(ReceiptsArgs),
+    /// Show the daemon's lifecycle state and its recent moves, as recorded
+    /// in the log. With --json, `current` and each `history` entry are
+    /// HostRuntimeLifecycleState documents (QUIT_READY is shown as HALTED,
+    /// DEGRADED_OFFLINE as LOCAL_READY, DEGRADED_POLICY_FAILED as
+    /// IDENTITY_CONFIRMED); `native` keeps syncd's own states.
+    Lifecycle(LifecycleArgs),
+    /// Run the daemon: lifecycle coordinator, readiness gates, local API on
+    /// a Unix domain socket (health, readiness, status, lifecycle, log,
+    /// explain, event submission, event stream), shutdown graph on SIGTERM
+    /// or SIGINT (a second signal forces the exit). While it runs, every
+    /// other `syncd` command goes through it. Exit 0 after a clean
+    /// shutdown (QUIT_READY), 1 when a second signal cut it short.
+    Daemon(DaemonArgs),
+    /// Diagnostics for support, redacted.
+    #[command(subcommand)]
+    Diagnostics(DiagnosticsCommand),
+}
+
+impl Command {
+    /// Makes relative paths absolute against `cwd`: a command served by the
+    /// daemon runs in the daemon's directory, not the client's.
+    pub fn absolutize(&mut self, cwd: &std::path::Path) {
+        let fix = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = cwd.join(&*p);
+            }
+        };
+        match self {
+            Command::Ingest(a) => {
+                if let Some(f) = a.file.as_mut() {
+                    fix(f)
+                }
+            }
+            Command::Export(a) => fix(&mut a.out),
+            Command::Import(a) => fix(&mut a.file),
+            Command::Restore(a) => fix(&mut a.file),
+            Command::Track(a) => fix(&mut a.dir),
+            Command::GitState(a) => {
+                fix(&mut a.path);
+                if let Some(r) = a.workspace_root.as_mut() {
+                    fix(r)
+                }
+            }
+            Command::Diagnostics(DiagnosticsCommand::Export(a)) => fix(&mut a.out),
+            Command::Schema(SchemaCommand::Validate(a)) => a.files.iter_mut().for_each(fix),
+            Command::Evidence(EvidenceCommand::Add(a)) => fix(&mut a.file),
+            _ => {}
+        }
+    }
+
+    /// Whether this command may go through a running daemon (the daemon
+    /// itself does not).
+    pub fn goes_through_daemon(&self) -> bool {
+        !matches!(self, Command::Daemon(_))
+    }
+
+    /// Whether it reads events from stdin.
+    pub fn reads_stdin(&self) -> bool {
+        matches!(self, Command::Ingest(a) if a.file.is_none())
+    }
+}
+
+/// `syncd lifecycle`.
+#[derive(Debug, Args)]
+pub struct LifecycleArgs {
+    /// Print one JSON document: `current` and `history` as
+    /// HostRuntimeLifecycleState documents, `native` with syncd's states.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `syncd sync`.
@@ -298,6 +367,45 @@ pub struct SchemaValidateArgs {
     /// Print the results as JSON.
     #[arg(long)]
     pub json: bool,
+}
+
+/// `syncd daemon`.
+#[derive(Debug, Args)]
+pub struct DaemonArgs {
+    /// Directory of the local API socket [default: $SYNCD_RUNTIME_DIR, else
+    /// $XDG_RUNTIME_DIR/sourceos-syncd, else HOME/run].
+    #[arg(long, value_name = "DIR", env = "SYNCD_RUNTIME_DIR")]
+    pub runtime_dir: Option<PathBuf>,
+    /// Also serve the read-only API (GET routes) on this loopback TCP
+    /// address, e.g. 127.0.0.1:7878 (port 0 picks one; it is written to
+    /// HOME/daemon.json). Off by default; other addresses are refused.
+    #[arg(long, value_name = "ADDR")]
+    pub tcp: Option<std::net::SocketAddr>,
+}
+
+/// `syncd diagnostics`.
+#[derive(Debug, Subcommand)]
+pub enum DiagnosticsCommand {
+    /// Write a redacted diagnostics bundle: status, lifecycle history,
+    /// doctor report, recent compact log lines and versions, with local
+    /// paths and ids replaced by keyed-hash pseudonyms (fresh salt per
+    /// bundle) and a manifest of what was redacted.
+    Export(DiagnosticsExportArgs),
+}
+
+/// `syncd diagnostics export`.
+#[derive(Debug, Args)]
+pub struct DiagnosticsExportArgs {
+    /// The bundle file to write.
+    #[arg(long, value_name = "FILE")]
+    pub out: PathBuf,
+    /// Print the bundle instead of writing it.
+    #[arg(long)]
+    pub preview: bool,
+    /// Recent log events to include, as compact lines.
+    #[arg(long, default_value_t = 50, value_name = "N",
+          value_parser = clap::value_parser!(u64).range(0..=1000))]
+    pub recent: u64,
 }
 
 /// `syncd git-state`.

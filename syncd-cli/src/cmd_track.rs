@@ -77,11 +77,11 @@ pub fn track(cli: &Cli, home: &Path, a: &TrackArgs) -> Result<u8, Failure> {
     let report = result.map_err(|e| track_failure(&e))?;
     render(&report, a.json)?;
     if report.lossy_paths > 0 {
-        eprintln!(
+        crate::output::note(&format!(
             "syncd: track: note: {} path(s) are not valid UTF-8; they are recorded with U+FFFD \
              in `path` and `path_lossy: true`",
             report.lossy_paths
-        );
+        ));
     }
     let refused = report.skipped.iter().any(|s| {
         matches!(

@@ -25,13 +25,38 @@ fn options(cli: &Cli, home: &Path, catch_up: bool) -> Result<core::OpenOptions, 
     })
 }
 
-/// Opens the store with the home's policy and the cache bound.
-pub(crate) fn open(cli: &Cli, home: &Path, catch_up: bool) -> Result<core::Store, Failure> {
-    core::Store::open(home, options(cli, home, catch_up)?).map_err(|e| Failure::store(&e))
+/// The id of the home's local policy (the default's when it cannot be read:
+/// the daemon reports the read error through `status` instead).
+pub(crate) fn policy_id(home: &Path) -> String {
+    core::LocalPolicy::load(home)
+        .map(|p| p.policy_id().to_owned())
+        .unwrap_or_else(|_| core::LocalPolicy::default().policy_id().to_owned())
 }
 
-/// Flushes and closes the store.
+/// Set when a command found the store held by another process, so that
+/// `main` can look for a daemon that has just started and go through it.
+pub(crate) static FOUND_LOCKED: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
+
+/// Opens the store with the home's policy and the cache bound; a command
+/// served by the daemon gets the daemon's open store.
+pub(crate) fn open(cli: &Cli, home: &Path, catch_up: bool) -> Result<core::Store, Failure> {
+    if let Some(store) = crate::served::store() {
+        return Ok(store);
+    }
+    core::Store::open(home, options(cli, home, catch_up)?).map_err(|e| {
+        if matches!(e, core::OpenError::Locked { .. }) {
+            FOUND_LOCKED.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+        Failure::store(&e)
+    })
+}
+
+/// Flushes and closes the store (the daemon's store stays open).
 pub(crate) fn close(store: core::Store) -> Result<(), Failure> {
+    if crate::served::active() {
+        return store.flush().map_err(|e| Failure::store(&e));
+    }
     store.close().map_err(|e| Failure::store(&e))
 }
 
@@ -70,6 +95,11 @@ pub fn run(cli: &Cli, home: &Path) -> Result<u8, Failure> {
         Command::Evidence(crate::cli::EvidenceCommand::Add(a)) => evidence_add(home, a),
         Command::Capabilities(a) => crate::cmd_ledger::capabilities(cli, home, a),
         Command::Receipts(a) => crate::cmd_ledger::receipts(cli, home, a),
+        Command::Lifecycle(a) => crate::cmd_lifecycle::lifecycle(cli, home, a),
+        Command::Daemon(a) => crate::daemon::run(cli, home, a),
+        Command::Diagnostics(crate::cli::DiagnosticsCommand::Export(a)) => {
+            crate::cmd_diagnostics::export(cli, home, a)
+        }
     };
     match result {
         // A closed stdout is reported as a failure with code 0 and no text.
@@ -150,7 +180,10 @@ fn ingest(cli: &Cli, home: &Path, a: &crate::cli::IngestArgs) -> Result<u8, Fail
             let len = f.metadata().ok().map(|m| m.len());
             (Box::new(f), len)
         }
-        None => (Box::new(std::io::stdin().lock()), None),
+        None => match crate::served::take_stdin() {
+            Some(body) => (Box::new(std::io::Cursor::new(body)), None),
+            None => (Box::new(std::io::stdin().lock()), None),
+        },
     };
     let mut input = BufReader::with_capacity(INGEST_BUFFER_BYTES, reader);
     let bar = byte_progress(total);
@@ -230,10 +263,10 @@ fn ingest(cli: &Cli, home: &Path, a: &crate::cli::IngestArgs) -> Result<u8, Fail
         Err(e) => return Err(Failure::store(&e)),
     };
     flushed?;
-    eprintln!(
+    crate::output::note(&format!(
         "syncd: ingest: {} appended, {} duplicate, {} rejected",
         summary.appended, summary.duplicates, summary.rejected
-    );
+    ));
     Ok(if summary.rejected > 0 {
         exit::DATA
     } else {
@@ -278,10 +311,20 @@ fn log(cli: &Cli, home: &Path, a: &crate::cli::LogArgs) -> Result<u8, Failure> {
 
 fn status(cli: &Cli, home: &Path, a: &crate::cli::StatusArgs) -> Result<u8, Failure> {
     let store = open(cli, home, true)?;
-    let doc = core::status(&store).map_err(|e| Failure {
+    let mut doc = core::status(&store).map_err(|e| Failure {
         code: exit::STORE,
         message: e,
     })?;
+    if let Some(d) = crate::served::daemon() {
+        doc = doc.with_daemon(d);
+    } else if home.join(crate::daemon::client::DAEMON_FILE).exists() {
+        // A daemon named itself for this home and did not answer (it was
+        // killed, or it is still starting): say so.
+        doc = doc.with_daemon_unavailable(&format!(
+            "{} names a daemon that does not answer",
+            crate::daemon::client::DAEMON_FILE
+        ));
+    }
     close(store)?;
     let mut out = Out::new();
     if a.json {
@@ -321,6 +364,17 @@ fn status(cli: &Cli, home: &Path, a: &crate::cli::StatusArgs) -> Result<u8, Fail
         }
         if let Some(r) = &doc.write_blocked_reason {
             out.line(&format!("  writes     refused: {r}"))?;
+        }
+        if let Some(d) = &doc.daemon {
+            if let Some(r) = &d.reason {
+                out.line(&format!("  lifecycle  {} ({r})", d.state))?;
+            }
+            for (sub, gate) in &d.blocked_subsystems {
+                out.line(&format!("  blocked    {sub}: needs {gate}"))?;
+            }
+            if let Some(r) = &d.policy_blocked_reason {
+                out.line(&format!("  org policy failed to load: {r}"))?;
+            }
         }
     }
     out.flush()?;

@@ -3,14 +3,18 @@
 //! Nothing else happens here.
 
 mod cli;
+mod cmd_diagnostics;
 mod cmd_git;
 mod cmd_ledger;
+mod cmd_lifecycle;
 mod cmd_schema;
 mod cmd_session;
 mod cmd_sync;
 mod cmd_track;
 mod commands;
+mod daemon;
 mod output;
+mod served;
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -97,6 +101,37 @@ fn resolve_home(flag: Option<PathBuf>) -> Result<PathBuf, Failure> {
     }
 }
 
+/// Runs the command: through the daemon when one serves the home, else
+/// here. A command that finds the store held by a daemon that has only
+/// just started waits for it and goes through it, so the user never sees
+/// a lock error while a daemon runs.
+fn run(cli: &cli::Cli, home: &std::path::Path) -> Result<u8, Failure> {
+    if !cli.command.goes_through_daemon() {
+        return commands::run(cli, home);
+    }
+    if let Some(socket) = daemon::client::discover(home) {
+        match daemon::client::proxy(home, &socket, cli.command.reads_stdin())? {
+            daemon::client::Proxied::Done(code) => return Ok(code),
+            daemon::client::Proxied::RunLocally(input) => {
+                if let Some(bytes) = input {
+                    served::replay_stdin(bytes);
+                }
+            }
+        }
+    }
+    let local = commands::run(cli, home);
+    if local.is_err() && commands::FOUND_LOCKED.load(std::sync::atomic::Ordering::SeqCst) {
+        if let Some(socket) = daemon::client::wait_for_daemon(home) {
+            if let daemon::client::Proxied::Done(code) =
+                daemon::client::proxy(home, &socket, cli.command.reads_stdin())?
+            {
+                return Ok(code);
+            }
+        }
+    }
+    local
+}
+
 fn main() -> ExitCode {
     let cli = match cli::Cli::try_parse() {
         Ok(c) => c,
@@ -131,7 +166,7 @@ fn main() -> ExitCode {
     }));
     let outcome = std::panic::catch_unwind(|| {
         let home = resolve_home(cli.home.clone())?;
-        commands::run(&cli, &home)
+        run(&cli, &home)
     });
     let code = match outcome {
         Ok(Ok(code)) => code,

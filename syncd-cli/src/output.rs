@@ -8,9 +8,52 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use crate::{exit, Failure};
 
-/// Buffered stdout that turns a broken pipe into a quiet exit.
+/// Buffered stdout that turns a broken pipe into a quiet exit. When the
+/// command is served by the daemon, output is captured for the client.
 pub struct Out {
-    inner: std::io::BufWriter<std::io::StdoutLock<'static>>,
+    inner: Sink,
+}
+
+enum Sink {
+    Stdout(std::io::BufWriter<std::io::StdoutLock<'static>>),
+    Captured(Vec<u8>),
+}
+
+impl Write for Sink {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Sink::Stdout(w) => w.write(buf),
+            Sink::Captured(v) => {
+                v.extend_from_slice(buf);
+                Ok(buf.len())
+            }
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            Sink::Stdout(w) => w.flush(),
+            Sink::Captured(v) => {
+                crate::served::stdout(v);
+                v.clear();
+                Ok(())
+            }
+        }
+    }
+}
+
+impl Drop for Out {
+    fn drop(&mut self) {
+        // Like a BufWriter, hand over what was written but not flushed.
+        let _ = self.inner.flush();
+    }
+}
+
+/// Writes one line to stderr, or to the client of a served command.
+pub fn note(text: &str) {
+    if !crate::served::stderr_line(text) {
+        eprintln!("{text}");
+    }
 }
 
 /// Writing stdout failed; `BrokenPipe` means the reader went away.
@@ -50,9 +93,18 @@ impl From<OutError> for Failure {
 impl Out {
     /// Locks stdout.
     pub fn new() -> Self {
-        Self {
-            inner: std::io::BufWriter::new(std::io::stdout().lock()),
-        }
+        let inner = if crate::served::active() {
+            Sink::Captured(Vec::new())
+        } else {
+            Sink::Stdout(std::io::BufWriter::new(std::io::stdout().lock()))
+        };
+        Self { inner }
+    }
+
+    /// Writes bytes as they are (output of a command the daemon ran).
+    pub fn raw(&mut self, bytes: &[u8]) -> Result<(), OutError> {
+        self.inner.write_all(bytes)?;
+        Ok(())
     }
 
     /// Writes one line.
@@ -86,7 +138,7 @@ impl Out {
 /// A progress bar on stderr, hidden unless stderr is a terminal.
 pub fn progress(total: u64, unit: &str) -> ProgressBar {
     let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
-    if !std::io::stderr().is_terminal() {
+    if !std::io::stderr().is_terminal() || crate::served::active() {
         bar.set_draw_target(ProgressDrawTarget::hidden());
     }
     let template =
@@ -103,7 +155,7 @@ pub fn byte_progress(total: Option<u64>) -> ProgressBar {
         Some(t) => ProgressBar::with_draw_target(Some(t), ProgressDrawTarget::stderr()),
         None => ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr()),
     };
-    if !std::io::stderr().is_terminal() {
+    if !std::io::stderr().is_terminal() || crate::served::active() {
         bar.set_draw_target(ProgressDrawTarget::hidden());
     }
     let template = if total.is_some() {

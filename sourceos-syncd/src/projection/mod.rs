@@ -16,6 +16,7 @@
 pub(crate) mod git_state;
 pub(crate) mod idempotency;
 pub(crate) mod ledger;
+pub(crate) mod lifecycle;
 pub(crate) mod origins;
 pub(crate) mod registry;
 pub(crate) mod sessions;
@@ -469,6 +470,7 @@ pub(crate) fn builtin() -> Vec<Box<dyn Projection>> {
         Box::new(git_state::GitStateIndex),
         Box::new(sessions::Sessions),
         Box::new(ledger::Ledger),
+        Box::new(lifecycle::LifecycleIndex),
     ]
 }
 
