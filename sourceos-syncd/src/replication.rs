@@ -38,7 +38,13 @@ pub enum Withheld {
     PolicyDenied,
     /// A policy decision requires review before the object may sync.
     PolicyReviewRequired,
+    /// It records this device's own runtime (its daemon's lifecycle),
+    /// which no other device folds.
+    DeviceLocal,
 }
+
+/// Kinds that describe the recording device's own runtime.
+const DEVICE_LOCAL_PREFIXES: [&str; 1] = ["lifecycle."];
 
 impl Withheld {
     /// Stable code, as carried on the wire and in reports.
@@ -48,6 +54,7 @@ impl Withheld {
             Withheld::LocalOnly => "local_only",
             Withheld::PolicyDenied => "policy_denied",
             Withheld::PolicyReviewRequired => "policy_review_required",
+            Withheld::DeviceLocal => "device_local",
         }
     }
 
@@ -58,6 +65,7 @@ impl Withheld {
             Withheld::LocalOnly,
             Withheld::PolicyDenied,
             Withheld::PolicyReviewRequired,
+            Withheld::DeviceLocal,
         ]
         .into_iter()
         .find(|w| w.as_str() == code)
@@ -112,7 +120,8 @@ fn object_of(env: &Envelope) -> Option<String> {
 
 impl Release {
     /// Decides for an event of this store's log. Events received from
-    /// other devices are withheld (their origin publishes them). For an
+    /// other devices are withheld (their origin publishes them), and so
+    /// are the kinds about this device's own runtime (`lifecycle.*`). For an
     /// event about an object: withheld when the object's visibility keeps
     /// it here, when a recorded decision denies or holds its sync, or when
     /// the policy hook does so now; a rule's verdict is recorded as a
@@ -125,6 +134,10 @@ impl Release {
     ) -> Result<Release, ReleaseError> {
         if env.origin() != &store.meta().device {
             return Ok(Release::Withhold(Withheld::Imported));
+        }
+        let kind = env.kind().as_str();
+        if DEVICE_LOCAL_PREFIXES.iter().any(|p| kind.starts_with(p)) {
+            return Ok(Release::Withhold(Withheld::DeviceLocal));
         }
         let Some(object) = object_of(env) else {
             return Ok(Release::Send);

@@ -381,6 +381,11 @@ pub struct DaemonArgs {
     /// HOME/daemon.json). Off by default; other addresses are refused.
     #[arg(long, value_name = "ADDR")]
     pub tcp: Option<std::net::SocketAddr>,
+    /// Replicate over NATS JetStream with these servers for this run
+    /// (comma-separated for a cluster), whatever [replication] in
+    /// HOME/config.toml says; the replicator runs once org policy is ready.
+    #[arg(long, value_name = "URL[,URL...]", value_delimiter = ',')]
+    pub nats: Vec<String>,
 }
 
 /// `syncd diagnostics`.

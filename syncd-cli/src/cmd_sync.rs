@@ -93,7 +93,7 @@ pub fn sync(cli: &Cli, home: &Path, a: &SyncArgs) -> Result<u8, Failure> {
 /// Updates `HOME/replication/peers.json` with what this pass observed, so
 /// that `syncd peers` and `syncd status` can tell staleness and offline
 /// operation without a server.
-fn record_observations(
+pub(crate) fn record_observations(
     home: &Path,
     config: &ReplicationConfig,
     now: core::Timestamp,

@@ -8,6 +8,7 @@
 //! stream = "SYNCD"                    # JetStream stream name
 //! stream_replicas = 1                 # 1, or 3 on a cluster
 //! stale_after_seconds = 3600          # a peer not heard from for longer is stale
+//! interval_ms = 1000                  # the daemon's pause between passes
 //! ```
 //!
 //! Other sections of the file belong to their own owners and are ignored.
@@ -22,6 +23,10 @@ pub const MAX_SERVERS: usize = 16;
 pub const MAX_STALE_AFTER_SECONDS: u64 = 30 * 24 * 3600;
 /// Staleness when the file does not set one, in seconds.
 pub const DEFAULT_STALE_AFTER_SECONDS: u64 = 3600;
+/// The daemon's pause between passes when the file does not set one.
+pub const DEFAULT_INTERVAL_MS: u64 = 1_000;
+/// Shortest and longest pause between passes accepted, in milliseconds.
+pub const INTERVAL_MS_RANGE: (u64, u64) = (50, 3_600_000);
 /// Stream name when the file does not set one.
 pub const DEFAULT_STREAM: &str = "SYNCD";
 /// Largest configuration file read, in bytes.
@@ -42,6 +47,8 @@ pub struct ReplicationConfig {
     pub stream_replicas: usize,
     /// After how long without news a peer is stale.
     pub stale_after_seconds: u64,
+    /// The daemon's pause between replication passes.
+    pub interval_ms: u64,
 }
 
 impl Default for ReplicationConfig {
@@ -53,6 +60,7 @@ impl Default for ReplicationConfig {
             stream: DEFAULT_STREAM.to_owned(),
             stream_replicas: 1,
             stale_after_seconds: DEFAULT_STALE_AFTER_SECONDS,
+            interval_ms: DEFAULT_INTERVAL_MS,
         }
     }
 }
@@ -100,6 +108,8 @@ struct Section {
     stream_replicas: Option<usize>,
     #[serde(default)]
     stale_after_seconds: Option<u64>,
+    #[serde(default)]
+    interval_ms: Option<u64>,
 }
 
 /// Checks one server URL: `nats://` or `tls://`, then a host and a port.
@@ -192,6 +202,13 @@ impl ReplicationConfig {
             }
             c.stale_after_seconds = t;
         }
+        if let Some(ms) = s.interval_ms {
+            let (lo, hi) = INTERVAL_MS_RANGE;
+            if !(lo..=hi).contains(&ms) {
+                return Err(format!("interval_ms is {ms}; it must be {lo} to {hi}"));
+            }
+            c.interval_ms = ms;
+        }
         if c.enabled && c.servers.is_empty() {
             return Err("enabled = true needs at least one entry in servers".into());
         }
@@ -237,6 +254,7 @@ mod tests {
             "[replication]\nstream_replicas = 2\n",
             "[replication]\nstream = \"a.b\"\n",
             "[replication]\nstale_after_seconds = 0\n",
+            "[replication]\ninterval_ms = 10\n",
             "[replication]\nserver = [\"nats://x:1\"]\n",
         ] {
             assert!(ReplicationConfig::parse(bad).is_err(), "{bad}");

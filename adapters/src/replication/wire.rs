@@ -15,7 +15,7 @@
 //! | `Syncd-Seq` | the event's sequence in the publishing device's log |
 //! | `Syncd-Hash` | the event hash |
 //! | `Syncd-Prev` | the hash of the event before it (the chain link) |
-//! | `Syncd-Withheld` | for a stub: why (`imported`, `local_only`, `policy_denied`, `policy_review_required`) |
+//! | `Syncd-Withheld` | for a stub: why (`imported`, `local_only`, `policy_denied`, `policy_review_required`, `device_local`) |
 
 use sourceos_syncd::{Digest, Envelope, Withheld};
 

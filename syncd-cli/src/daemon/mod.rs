@@ -9,6 +9,7 @@ pub mod api;
 pub mod client;
 pub mod http;
 pub mod notify;
+pub mod replication;
 
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
@@ -93,6 +94,16 @@ fn serve(cli: &Cli, home: &Path, a: &DaemonArgs) -> Result<u8, Failure> {
         )));
     }
     let config = core::DaemonConfig::load(home).map_err(|e| Failure::store(&e))?;
+    // Replication: off unless the home's config or --nats turns it on.
+    let mut replication_config =
+        sourceos_syncd_adapters::replication::ReplicationConfig::load(home)
+            .map_err(|e| Failure::store(&e))?;
+    if !a.nats.is_empty() {
+        replication_config
+            .set_servers(a.nats.clone())
+            .map_err(|e| Failure::usage(format!("--nats: {e}")))?;
+        replication_config.enabled = true;
+    }
     if let Some(socket) = client::discover(home) {
         return Err(fail(format!(
             "a daemon already runs for {} (socket {})",
@@ -187,6 +198,15 @@ fn serve(cli: &Cli, home: &Path, a: &DaemonArgs) -> Result<u8, Failure> {
         }
     };
 
+    let replicator = if replication_config.enabled {
+        Some(
+            replication::spawn(shared.clone(), home.to_path_buf(), replication_config)
+                .map_err(|e| fail(format!("cannot start the replicator: {e}")))?,
+        )
+    } else {
+        None
+    };
+
     // Signals: the first starts the shutdown, the second forces it.
     let (shutdown_tx, shutdown_rx) = mpsc::sync_channel::<String>(1);
     let forced = Arc::new(AtomicBool::new(false));
@@ -224,7 +244,7 @@ fn serve(cli: &Cli, home: &Path, a: &DaemonArgs) -> Result<u8, Failure> {
     };
     notify::notify("STOPPING=1");
     shared.draining.store(true, Ordering::SeqCst);
-    let code = shutdown(&shared, &config, &reason, &forced);
+    let code = shutdown(&shared, &config, &reason, &forced, replicator);
     // The accept loop blocks in accept(); a connection of our own wakes it
     // to see the flag.
     stop_accepting.store(true, Ordering::SeqCst);
@@ -567,6 +587,7 @@ fn shutdown(
     config: &core::DaemonConfig,
     why: &str,
     forced: &Arc<AtomicBool>,
+    replicator: Option<Arc<replication::ReplicationTask>>,
 ) -> Result<u8, Failure> {
     let c = &shared.coordinator;
     apply(
@@ -587,7 +608,21 @@ fn shutdown(
             .unwrap_or(config.step_timeout_ms);
         let store = c.store().clone();
         let in_flight = shared.in_flight.clone();
+        let replicator = replicator.clone();
         let action: core::StepAction = Box::new(move |abandoned| {
+            if name == "replication" {
+                // The pass in progress finishes (what it received is
+                // durable and acknowledged); no new one starts.
+                if let Some(r) = &replicator {
+                    r.stop();
+                    while !r.is_done() {
+                        if abandoned.load(Ordering::SeqCst) {
+                            return Err("the replication pass did not finish".into());
+                        }
+                        std::thread::sleep(Duration::from_millis(LANE_POLL_MS));
+                    }
+                }
+            }
             if name == "local_runtime_lanes" {
                 // Submissions and served commands that got in before the
                 // drain finish (their events become durable) first.
