@@ -97,14 +97,7 @@ fn git(dir: &Path, args: &[&str]) -> String {
 }
 
 fn schema() -> jsonschema::Validator {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../shared/spec/schemas/GitWorkspaceState.json");
-    let text = std::fs::read_to_string(&p)
-        .unwrap_or_else(|e| panic!("the SourceOS spec must sit beside the repository: {p:?}: {e}"));
-    jsonschema::draft202012::options()
-        .should_validate_formats(true)
-        .build(&serde_json::from_str(&text).unwrap())
-        .unwrap()
+    support::spec_schema("schemas/GitWorkspaceState.json")
 }
 
 /// `syncd git-state` with the lab as `$HOME`.

@@ -13,8 +13,6 @@
 
 mod support;
 
-use std::path::Path;
-
 use serde_json::{json, Value};
 use support::{json_lines, stderr, stdout, Home};
 
@@ -49,14 +47,7 @@ fn json_of(home: &Home, args: &[&str]) -> Value {
 }
 
 fn receipt_schema() -> jsonschema::Validator {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../shared/spec/schemas/OrphanEventReceipt.json");
-    let text = std::fs::read_to_string(&p)
-        .unwrap_or_else(|e| panic!("the SourceOS spec must sit beside the repository: {p:?}: {e}"));
-    jsonschema::draft202012::options()
-        .should_validate_formats(true)
-        .build(&serde_json::from_str(&text).unwrap())
-        .unwrap()
+    support::spec_schema("schemas/OrphanEventReceipt.json")
 }
 
 /// `syncd orphans --json`, each receipt checked against the schema.

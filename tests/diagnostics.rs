@@ -15,8 +15,6 @@
 
 mod support;
 
-use std::path::Path;
-
 use support::{stderr, stdout, Home};
 
 const SECRETS: [&str; 9] = [
@@ -32,14 +30,7 @@ const SECRETS: [&str; 9] = [
 ];
 
 fn schema() -> jsonschema::Validator {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../shared/spec/shell-schemas/diagnostics-export.schema.json");
-    let text = std::fs::read_to_string(&p)
-        .unwrap_or_else(|e| panic!("the SourceOS spec must sit beside the repository: {p:?}: {e}"));
-    jsonschema::draft202012::options()
-        .should_validate_formats(true)
-        .build(&serde_json::from_str(&text).unwrap())
-        .unwrap()
+    support::spec_schema("shell-schemas/diagnostics-export.schema.json")
 }
 
 fn busy_home() -> (Home, String) {

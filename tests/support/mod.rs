@@ -322,3 +322,17 @@ pub fn http(
         .ok_or_else(|| std::io::Error::other("no status"))?;
     Ok((status, all[split + 4..].to_vec()))
 }
+
+/// A validator for a published SourceOS schema, by its path under
+/// `shared/spec/` (which sits beside the repository), with formats checked.
+pub fn spec_schema(relative: &str) -> jsonschema::Validator {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../shared/spec")
+        .join(relative);
+    let text = std::fs::read_to_string(&p)
+        .unwrap_or_else(|e| panic!("the SourceOS spec must sit beside the repository: {p:?}: {e}"));
+    jsonschema::draft202012::options()
+        .should_validate_formats(true)
+        .build(&serde_json::from_str(&text).expect("schema is JSON"))
+        .expect("schema compiles")
+}
