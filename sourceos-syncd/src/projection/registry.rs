@@ -12,6 +12,16 @@
 //!
 //! Versions are derived from the origin hash of the event that produced
 //! them, so they are the same on every device.
+//!
+//! Convergence: both sides of a conflict are applied, and what an object
+//! reads as does not depend on the order they arrived in. Each change has
+//! a stamp (its causal depth — one more than its base's — and its origin
+//! hash); each field keeps the value of the highest stamp that wrote it,
+//! and the object's version, state and last writer follow the highest
+//! stamp overall. Sequential changes always have higher depths, so they
+//! apply as written; concurrent ones are ordered by origin hash, the same
+//! on every device. A change whose base is older than the remembered
+//! history counts as one deeper than the current head.
 
 use std::collections::BTreeSet;
 
@@ -96,6 +106,27 @@ pub struct Step {
     pub changed: Vec<String>,
     /// Whether it deleted the object.
     pub deletes: bool,
+    /// Causal depth: 1 for the creation, one more than its base's.
+    #[serde(default)]
+    pub depth: u64,
+}
+
+/// The order in which changes win, the same on every device.
+#[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Stamp {
+    /// Causal depth of the change.
+    pub depth: u64,
+    /// Its origin hash (breaks ties between concurrent changes).
+    pub origin_hash: String,
+}
+
+impl Step {
+    fn stamp(&self) -> Stamp {
+        Stamp {
+            depth: self.depth,
+            origin_hash: self.origin_hash.clone(),
+        }
+    }
 }
 
 /// What the registry knows about an object.
@@ -123,6 +154,12 @@ pub struct ObjectState {
     pub history: Vec<Step>,
     /// Conflicts involving this object.
     pub conflicts: Vec<String>,
+    /// The stamp of the change each field's value comes from.
+    #[serde(default)]
+    pub field_stamps: std::collections::BTreeMap<String, Stamp>,
+    /// The stamp of the change the version and state come from.
+    #[serde(default)]
+    pub head: Stamp,
 }
 
 /// A generic registered record (actor, schema, device, profile, decision).
@@ -262,7 +299,8 @@ impl Projection for Registry {
     }
 
     fn version(&self) -> u32 {
-        1
+        // 2: changes win by stamp, not by arrival order.
+        2
     }
 
     fn apply(&self, ev: &Envelope, state: &mut Staging) -> Result<(), ProjectionError> {
@@ -385,6 +423,7 @@ fn step(ev: &Envelope, base: String) -> Step {
         seq: ev.seq().get(),
         changed: changed_fields(&fields(ev.payload())).into_iter().collect(),
         deletes: ev.kind().as_str() == "object.deleted",
+        depth: 0,
     }
 }
 
@@ -402,9 +441,18 @@ fn object_created(
     if state.get(&k)?.is_some() {
         return Ok(());
     }
-    let s = step(ev, String::new());
+    let mut s = step(ev, String::new());
+    s.depth = 1;
+    let field_stamps = p
+        .keys()
+        .filter(|f| *f != "object_id")
+        .map(|f| (f.clone(), s.stamp()))
+        .collect();
+    let head = s.stamp();
     let o = ObjectState {
         record: p,
+        field_stamps,
+        head,
         version: s.version.clone(),
         state: "active".into(),
         created_by: ev.actor().to_string(),
@@ -493,17 +541,36 @@ fn object_change(
             record_conflict(state, &mut o, &id, &sib, &me, ev)?;
         }
     }
-    for (f, v) in p.iter().filter(|(f, _)| *f != "base_version") {
-        o.record.insert(f.clone(), v.clone());
+    me.depth = o
+        .history
+        .iter()
+        .find(|s| s.version == base)
+        .map_or(o.head.depth, |s| s.depth)
+        .saturating_add(1);
+    let stamp = me.stamp();
+    for (f, v) in p
+        .iter()
+        .filter(|(f, _)| *f != "base_version" && *f != "object_id")
+    {
+        if o.field_stamps.get(f).is_none_or(|old| *old < stamp) {
+            o.record.insert(f.clone(), v.clone());
+            o.field_stamps.insert(f.clone(), stamp.clone());
+        }
     }
-    o.version = me.version.clone();
-    o.state = if deletes {
-        "deleted".into()
-    } else {
-        "active".into()
-    };
-    o.last_modified_by = me.actor.clone();
-    o.last_device = me.device.clone();
+    if o.head < stamp {
+        o.version = me.version.clone();
+        // A tombstone is final whatever comes after it.
+        if o.state != "tombstoned" {
+            o.state = if deletes {
+                "deleted".into()
+            } else {
+                "active".into()
+            };
+        }
+        o.last_modified_by = me.actor.clone();
+        o.last_device = me.device.clone();
+        o.head = stamp;
+    }
     o.updated_seq = me.seq;
     o.history.push(me);
     if o.history.len() > HISTORY_STEPS {
