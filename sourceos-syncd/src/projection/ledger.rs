@@ -68,6 +68,11 @@ impl Projection for Ledger {
 
     fn apply(&self, event: &Envelope, state: &mut Staging) -> Result<(), ProjectionError> {
         let kind = event.kind().as_str();
+        // Most events are neither: leave them before parsing the payload
+        // or formatting anything.
+        if !kind.starts_with("capability.") && !receipt::is_receipt_kind(kind) {
+            return Ok(());
+        }
         let Some(payload) = event.payload().as_map() else {
             return Ok(());
         };
