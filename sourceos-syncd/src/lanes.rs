@@ -745,7 +745,7 @@ mod tests {
         assert_eq!(b, ["d2"]);
         // A control item arriving now still goes before the queued telemetry.
         q.offer(Lane::Control, 1, "c3").unwrap();
-        let b: Vec<_> = q.pop_batch(100).into_iter().map(|(l, i)| (l, i)).collect();
+        let b = q.pop_batch(100);
         assert_eq!(b, [(Lane::Control, "c3"), (Lane::Telemetry, "t1")]);
         assert!(q.is_empty());
         assert_eq!(q.depths(), Depths::default());
