@@ -89,7 +89,7 @@ fn a_telemetry_flood_is_shed_while_every_control_event_gets_through_in_bounded_m
     let sock = socket(&home);
     let stop = Arc::new(AtomicBool::new(false));
     let shed_lines = Arc::new(AtomicU64::new(0));
-    let flood: Vec<_> = (0..6)
+    let flood: Vec<_> = (0..24)
         .map(|_| {
             let (sock, stop, shed) = (sock.clone(), stop.clone(), shed_lines.clone());
             std::thread::spawn(move || {

@@ -33,6 +33,10 @@ pub const TELEMETRY_SHED_KIND: &str = "ingest.telemetry_shed";
 pub const MAX_LANE_ITEM_EVENTS: usize = 1_024;
 /// Most events the dispatcher hands to one group commit.
 pub const MAX_LANE_BATCH_EVENTS: usize = 1_024;
+/// Most telemetry events in one item and in one batch: a control item that
+/// arrives while telemetry is being committed waits for that commit, so
+/// telemetry commits are kept short.
+pub const MAX_TELEMETRY_ITEM_EVENTS: usize = 128;
 
 /// Kind prefixes that steer sessions, turns, leases, the lifecycle, policy
 /// and capabilities: their events are control events, whatever the hint.
@@ -347,7 +351,8 @@ impl<T> LaneQueues<T> {
 
     /// Takes items in strict priority (every control item before any data
     /// item before any telemetry item) until the next one would bring the
-    /// batch over `max_events`; the first item is always taken.
+    /// batch over `max_events`, or its telemetry over
+    /// [`MAX_TELEMETRY_ITEM_EVENTS`]; the first item is always taken.
     pub fn pop_batch(&mut self, max_events: usize) -> Vec<(Lane, T)> {
         let mut out = Vec::new();
         let mut taken = 0usize;
@@ -355,11 +360,19 @@ impl<T> LaneQueues<T> {
             let Some(q) = self.queues.get_mut(lane.index()) else {
                 continue;
             };
+            let mut taken_here = 0usize;
             while let Some((events, _)) = q.front() {
                 let events = *events;
                 if !out.is_empty() && taken.saturating_add(events) > max_events {
                     return out;
                 }
+                if lane == Lane::Telemetry
+                    && !out.is_empty()
+                    && taken_here.saturating_add(events) > MAX_TELEMETRY_ITEM_EVENTS
+                {
+                    return out;
+                }
+                taken_here = taken_here.saturating_add(events);
                 let Some((_, item)) = q.pop_front() else {
                     break;
                 };
@@ -557,18 +570,25 @@ pub fn parse_submission(body: &[u8], hint: Option<Lane>) -> Vec<SubmittedLine> {
 }
 
 /// Cuts the valid lines of a submission into items: runs of consecutive
-/// valid lines of one lane, at most [`MAX_LANE_ITEM_EVENTS`] each, in
-/// input order. Each item lists the indexes (into `lines`) it carries.
+/// valid lines of one lane, at most [`MAX_LANE_ITEM_EVENTS`] each
+/// ([`MAX_TELEMETRY_ITEM_EVENTS`] for telemetry), in input order. Each item lists the indexes (into `lines`) it carries.
 pub fn items(lines: &[SubmittedLine]) -> Vec<(Lane, Vec<usize>)> {
     let mut out: Vec<(Lane, Vec<usize>)> = Vec::new();
     for (i, l) in lines.iter().enumerate() {
         let Ok((lane, _)) = &l.parsed else { continue };
         match out.last_mut() {
-            Some((last, idx)) if last == lane && idx.len() < MAX_LANE_ITEM_EVENTS => idx.push(i),
+            Some((last, idx)) if last == lane && idx.len() < item_bound(*lane) => idx.push(i),
             _ => out.push((*lane, vec![i])),
         }
     }
     out
+}
+
+fn item_bound(lane: Lane) -> usize {
+    match lane {
+        Lane::Telemetry => MAX_TELEMETRY_ITEM_EVENTS,
+        Lane::Control | Lane::Data => MAX_LANE_ITEM_EVENTS,
+    }
 }
 
 #[cfg(test)]
@@ -804,11 +824,31 @@ mod tests {
 
     #[test]
     fn long_runs_are_cut_at_the_item_bound() {
-        let line = "{\"kind\":\"metric.x\",\"actor\":\"actor:a\"}\n";
+        let line = "{\"kind\":\"note.x\",\"actor\":\"actor:a\"}\n";
         let body = line.repeat(MAX_LANE_ITEM_EVENTS + 1);
         let it = items(&parse_submission(body.as_bytes(), None));
         assert_eq!(it.len(), 2);
         assert_eq!(it[0].1.len(), MAX_LANE_ITEM_EVENTS);
+        let line = "{\"kind\":\"metric.x\",\"actor\":\"actor:a\"}\n";
+        let body = line.repeat(MAX_TELEMETRY_ITEM_EVENTS * 2 + 1);
+        let it = items(&parse_submission(body.as_bytes(), None));
+        let sizes: Vec<_> = it.iter().map(|(_, i)| i.len()).collect();
+        assert_eq!(
+            sizes,
+            [MAX_TELEMETRY_ITEM_EVENTS, MAX_TELEMETRY_ITEM_EVENTS, 1]
+        );
+    }
+
+    #[test]
+    fn a_batch_carries_little_telemetry() {
+        let mut q = LaneQueues::new(limits());
+        q.offer(Lane::Data, 10, "d").unwrap();
+        q.offer(Lane::Telemetry, 100, "t1").unwrap();
+        q.offer(Lane::Telemetry, 100, "t2").unwrap();
+        let b: Vec<_> = q.pop_batch(1_024).into_iter().map(|(_, i)| i).collect();
+        assert_eq!(b, ["d", "t1"]);
+        let b: Vec<_> = q.pop_batch(1_024).into_iter().map(|(_, i)| i).collect();
+        assert_eq!(b, ["t2"]);
     }
 
     #[test]

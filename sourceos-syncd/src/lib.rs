@@ -95,7 +95,7 @@ pub use lanes::{
     admit as lane_admission, classify as classify_lane, items as lane_items, parse_submission,
     record_shed, Admission, Depths as LaneDepths, Lane, LaneCounters, LaneLimits, LaneQueues,
     LaneStatus, LaneView, ShedEpisode, ShedTracker, SubmittedLine, INGEST_ACTOR,
-    MAX_LANE_BATCH_EVENTS, MAX_LANE_ITEM_EVENTS, TELEMETRY_SHED_KIND,
+    MAX_LANE_BATCH_EVENTS, MAX_LANE_ITEM_EVENTS, MAX_TELEMETRY_ITEM_EVENTS, TELEMETRY_SHED_KIND,
 };
 pub use lifecycle::{
     readiness, transition as lifecycle_transition, Gate, InvalidLifecycleTransition,

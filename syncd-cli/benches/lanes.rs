@@ -21,7 +21,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const CONTROL_SAMPLES: usize = 400;
-const FLOOD_THREADS: usize = 4;
+/// Flood sizes: 4 submitters do not fill the telemetry lane (nothing is
+/// shed), 24 keep it full (most is shed).
+const FLOOD_THREADS: [usize; 2] = [4, 24];
 const FLOOD_LINES: usize = 1_024;
 
 fn bin() -> PathBuf {
@@ -116,15 +118,9 @@ fn pct(sorted: &[u64], p: f64) -> u64 {
     sorted[i.min(sorted.len() - 1)]
 }
 
-fn main() {
-    let home = tempfile::tempdir().unwrap();
-    let runtime = tempfile::tempdir().unwrap();
-    let (_daemon, sock) = start(home.path(), runtime.path());
-
-    // Warm up, then the baseline with no other load.
-    let _ = control_latencies_us(&sock, "warm");
-    let base = control_latencies_us(&sock, "base");
-
+/// Control latencies while `threads` threads flood telemetry; with the
+/// events offered, shed and the flood's length.
+fn flood_run(sock: &Path, threads: usize) -> (Vec<u64>, u64, u64, f64) {
     let stop = Arc::new(AtomicBool::new(false));
     let sent = Arc::new(AtomicU64::new(0));
     let shed = Arc::new(AtomicU64::new(0));
@@ -135,10 +131,10 @@ fn main() {
         ));
     }
     let body = Arc::new(body.into_bytes());
-    let flood: Vec<_> = (0..FLOOD_THREADS)
+    let flood: Vec<_> = (0..threads)
         .map(|_| {
             let (sock, stop, sent, shed, body) = (
-                sock.clone(),
+                sock.to_path_buf(),
                 stop.clone(),
                 sent.clone(),
                 shed.clone(),
@@ -156,32 +152,62 @@ fn main() {
         .collect();
     std::thread::sleep(Duration::from_millis(500));
     let t = Instant::now();
-    let loaded = control_latencies_us(&sock, "flood");
+    let loaded = control_latencies_us(sock, &format!("flood{threads}"));
     let flood_s = t.elapsed().as_secs_f64();
     stop.store(true, Ordering::SeqCst);
     for f in flood {
         f.join().unwrap();
     }
 
+    (
+        loaded,
+        sent.load(Ordering::SeqCst),
+        shed.load(Ordering::SeqCst),
+        flood_s,
+    )
+}
+
+fn main() {
+    let home = tempfile::tempdir().unwrap();
+    let runtime = tempfile::tempdir().unwrap();
+    let (_daemon, sock) = start(home.path(), runtime.path());
+
+    // Warm up, then the baseline with no other load.
+    let _ = control_latencies_us(&sock, "warm");
+    let base = control_latencies_us(&sock, "base");
+
+    let mut floods = Vec::new();
+    for threads in FLOOD_THREADS {
+        floods.push((threads, flood_run(&sock, threads)));
+    }
     let ratio = |a: u64, b: u64| a as f64 / b.max(1) as f64;
     println!(
         "control-lane latency, {CONTROL_SAMPLES} single-event submissions each (round trip to a durable acknowledgement)"
     );
-    println!("| measure | no flood (baseline) | telemetry flood | ratio |");
-    println!("|---|---:|---:|---:|");
+    let mut head = "| measure | no flood (baseline) |".to_owned();
+    let mut rule = "|---|---:|".to_owned();
+    for (t, _) in &floods {
+        head.push_str(&format!(" flood, {t} submitters | ratio |"));
+        rule.push_str("---:|---:|");
+    }
+    println!("{head}\n{rule}");
     for (name, p) in [("p50", 0.50), ("p99", 0.99), ("max", 1.0)] {
-        let (b, l) = (pct(&base, p), pct(&loaded, p));
+        let b = pct(&base, p);
+        let mut row = format!("| {name} | {:.2} ms |", b as f64 / 1000.0);
+        for (_, (loaded, ..)) in &floods {
+            let l = pct(loaded, p);
+            row.push_str(&format!(
+                " {:.2} ms | {:.2}x |",
+                l as f64 / 1000.0,
+                ratio(l, b)
+            ));
+        }
+        println!("{row}");
+    }
+    for (t, (_, sent, shed, secs)) in &floods {
         println!(
-            "| {name} | {:.2} ms | {:.2} ms | {:.2}x |",
-            b as f64 / 1000.0,
-            l as f64 / 1000.0,
-            ratio(l, b)
+            "flood of {t} submitters x {FLOOD_LINES}-line bodies: {sent} telemetry events offered in {secs:.1} s, {shed} shed ({:.0}%)",
+            100.0 * *shed as f64 / (*sent).max(1) as f64
         );
     }
-    let sent = sent.load(Ordering::SeqCst);
-    let shed = shed.load(Ordering::SeqCst);
-    println!(
-        "flood: {FLOOD_THREADS} threads x {FLOOD_LINES}-line submissions, {sent} telemetry events offered in {flood_s:.1} s, {shed} shed ({:.0}%)",
-        100.0 * shed as f64 / sent.max(1) as f64
-    );
 }
