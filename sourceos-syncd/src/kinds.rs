@@ -20,7 +20,7 @@ pub(crate) struct KindSpec {
 }
 
 /// Every domain's table of kinds.
-fn tables() -> [&'static [KindSpec]; 7] {
+fn tables() -> [&'static [KindSpec]; 8] {
     [
         crate::model::KINDS,
         crate::agent_txn::KINDS,
@@ -29,6 +29,7 @@ fn tables() -> [&'static [KindSpec]; 7] {
         crate::capability::KINDS,
         crate::receipt::KINDS,
         crate::lifecycle::KINDS,
+        crate::lanes::KINDS,
     ]
 }
 

@@ -21,6 +21,7 @@ mod gitstate;
 mod ids;
 mod ingest;
 mod kinds;
+mod lanes;
 mod lifecycle;
 mod model;
 mod policy;
@@ -90,6 +91,12 @@ pub use ingest::{
     parse_line, IngestError, IngestResult, IngestSummary, Ingestor, LineOutcome, MAX_LINE_BYTES,
 };
 pub use kinds::{known_kinds, validate as validate_kind};
+pub use lanes::{
+    admit as lane_admission, classify as classify_lane, items as lane_items, parse_submission,
+    record_shed, Admission, Depths as LaneDepths, Lane, LaneCounters, LaneLimits, LaneQueues,
+    LaneStatus, LaneView, ShedEpisode, ShedTracker, SubmittedLine, INGEST_ACTOR,
+    MAX_LANE_BATCH_EVENTS, MAX_LANE_ITEM_EVENTS, MAX_TELEMETRY_ITEM_EVENTS, TELEMETRY_SHED_KIND,
+};
 pub use lifecycle::{
     readiness, transition as lifecycle_transition, Gate, InvalidLifecycleTransition,
     LifecycleEvent, LifecycleState, Readiness, RunId, ShutdownStep, StepOutcome, Subsystem,
@@ -130,7 +137,8 @@ pub use session::{
 pub use session_dag::{
     orphans, session, session_ref, session_totals, sessions, sweep, Orphan, OrphanConfig,
     OrphanEventReceipt, SessionDagError, SessionDetail, SessionView, SweepReport, TurnView,
-    CONFIG_FILE, DEFAULT_ORPHAN_TTL_SECONDS, MAX_ORPHAN_TTL_SECONDS, ORPHAN_RECEIPT_SPEC_VERSION,
+    CONFIG_FILE, DEFAULT_ORPHAN_TTL_SECONDS, DEFAULT_SWEEP_INTERVAL_MS, MAX_ORPHAN_TTL_SECONDS,
+    ORPHAN_RECEIPT_SPEC_VERSION, SWEEP_INTERVAL_RANGE_MS,
 };
 pub use shutdown::{run_graph, GraphError, StepAction, StepResult, StepSpec, MAX_SHUTDOWN_STEPS};
 pub use status::{

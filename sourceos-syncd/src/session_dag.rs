@@ -48,6 +48,13 @@ pub const CONFIG_FILE: &str = "config.toml";
 pub const DEFAULT_ORPHAN_TTL_SECONDS: u64 = 300;
 /// Longest orphan TTL accepted, in seconds (one year).
 pub const MAX_ORPHAN_TTL_SECONDS: u64 = 365 * 24 * 3600;
+/// Interval of the daemon's orphan sweeper when the configuration does not
+/// set one, in milliseconds.
+pub const DEFAULT_SWEEP_INTERVAL_MS: u64 = 30_000;
+/// Shortest and longest sweep intervals accepted, in milliseconds (a
+/// shorter one would spin; a longer one than a day leaves orphans queued
+/// far past any sensible TTL).
+pub const SWEEP_INTERVAL_RANGE_MS: (u64, u64) = (100, 86_400_000);
 /// `specVersion` of the receipts syncd writes.
 pub const ORPHAN_RECEIPT_SPEC_VERSION: &str = "0.1.0";
 /// Sessions, turns or orphans listed at most by one call.
@@ -95,12 +102,15 @@ pub enum SessionDagError {
 pub struct OrphanConfig {
     /// How long an orphan may wait for its session, in seconds.
     pub ttl_seconds: u64,
+    /// How often the daemon's sweeper runs, in milliseconds.
+    pub sweep_interval_ms: u64,
 }
 
 impl Default for OrphanConfig {
     fn default() -> Self {
         Self {
             ttl_seconds: DEFAULT_ORPHAN_TTL_SECONDS,
+            sweep_interval_ms: DEFAULT_SWEEP_INTERVAL_MS,
         }
     }
 }
@@ -116,6 +126,8 @@ struct ConfigFile {
 struct OrphansSection {
     #[serde(default)]
     ttl_seconds: Option<u64>,
+    #[serde(default)]
+    sweep_interval_ms: Option<u64>,
 }
 
 impl OrphanConfig {
@@ -145,12 +157,26 @@ impl OrphanConfig {
     /// Parses configuration text (other sections are left to their owners).
     pub fn parse(text: &str) -> Result<Self, String> {
         let file: ConfigFile = toml::from_str(text).map_err(|e| e.to_string())?;
-        let ttl = file
-            .orphans
+        let section = file.orphans;
+        let ttl = section
+            .as_ref()
             .and_then(|o| o.ttl_seconds)
             .unwrap_or(DEFAULT_ORPHAN_TTL_SECONDS);
         check_ttl(ttl).map_err(|e| format!("[orphans] ttl_seconds: {e}"))?;
-        Ok(Self { ttl_seconds: ttl })
+        let interval = section
+            .as_ref()
+            .and_then(|o| o.sweep_interval_ms)
+            .unwrap_or(DEFAULT_SWEEP_INTERVAL_MS);
+        let (min, max) = SWEEP_INTERVAL_RANGE_MS;
+        if !(min..=max).contains(&interval) {
+            return Err(format!(
+                "[orphans] sweep_interval_ms: {interval} is out of range ({min} to {max})"
+            ));
+        }
+        Ok(Self {
+            ttl_seconds: ttl,
+            sweep_interval_ms: interval,
+        })
     }
 }
 
@@ -695,5 +721,21 @@ mod tests {
         );
         std::fs::write(dir.path().join(CONFIG_FILE), "[orphans]\nttl_seconds = 9\n").unwrap();
         assert_eq!(OrphanConfig::load(dir.path()).unwrap().ttl_seconds, 9);
+    }
+
+    #[test]
+    fn sweep_interval_defaults_and_bounds() {
+        assert_eq!(
+            OrphanConfig::parse("").unwrap().sweep_interval_ms,
+            DEFAULT_SWEEP_INTERVAL_MS
+        );
+        let c =
+            OrphanConfig::parse("[orphans]\nsweep_interval_ms = 250\nttl_seconds = 2\n").unwrap();
+        assert_eq!((c.ttl_seconds, c.sweep_interval_ms), (2, 250));
+        for bad in ["99", "86400001", "0", "\"1s\""] {
+            let e = OrphanConfig::parse(&format!("[orphans]\nsweep_interval_ms = {bad}\n"));
+            assert!(e.is_err(), "{bad}");
+        }
+        assert!(OrphanConfig::parse("[orphans]\nsweep_interval_ms = 100\n").is_ok());
     }
 }

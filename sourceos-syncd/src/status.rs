@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::lanes::LaneStatus;
 use crate::projection::sessions::SessionCounters;
 use crate::projection::ProjectionHealth;
 use crate::store::Store;
@@ -132,6 +133,10 @@ pub struct StatusDocument {
     /// The daemon that answered, when one did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub daemon: Option<DaemonSection>,
+    /// The daemon's ingest lanes (depths, limits, counters), when a daemon
+    /// answered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lanes: Option<LaneStatus>,
 }
 
 /// Replication in the status document, from the last `syncd sync` pass.
@@ -174,6 +179,10 @@ pub struct DaemonSection {
     /// Why org-bound subsystems are blocked by policy, when they are.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub policy_blocked_reason: Option<String>,
+    /// Its ingest lanes; moved to the document's top-level `lanes` by
+    /// [`StatusDocument::with_daemon`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lanes: Option<LaneStatus>,
 }
 
 impl StatusDocument {
@@ -191,8 +200,9 @@ impl StatusDocument {
 
     /// The document as a running daemon reports it: its state, and the
     /// health that follows from it when nothing more severe is wrong.
-    pub fn with_daemon(mut self, daemon: DaemonSection) -> Self {
+    pub fn with_daemon(mut self, mut daemon: DaemonSection) -> Self {
         self.daemon_available = true;
+        self.lanes = daemon.lanes.take();
         self.daemon_state = daemon.state.clone();
         if self.health == Health::Clean {
             if let Some(r) = &daemon.policy_blocked_reason {
@@ -386,6 +396,7 @@ pub fn status(store: &Store) -> Result<StatusDocument, String> {
         sessions,
         replication,
         daemon: None,
+        lanes: None,
     })
 }
 

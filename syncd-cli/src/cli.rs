@@ -40,7 +40,9 @@ pub enum Command {
     Ingest(IngestArgs),
     /// Show events, oldest first.
     Log(LogArgs),
-    /// Show the state of the store (health, head, projections).
+    /// Show the state of the store (health, head, projections; with a
+    /// daemon, its ingest lanes: depths, capacities, shed and deferred
+    /// events).
     Status(StatusArgs),
     /// Check the log and all derived state; with --repair, rebuild damaged
     /// derived state from the log.
@@ -99,7 +101,8 @@ pub enum Command {
     /// Events that named a session syncd did not know, as SourceOS
     /// OrphanEventReceipt documents (queued, recovered, quarantined,
     /// discarded_duplicate); `orphans sweep` quarantines the queued ones
-    /// whose TTL has passed.
+    /// whose TTL has passed (a running daemon also sweeps every
+    /// `[orphans] sweep_interval_ms` of HOME/config.toml).
     Orphans(OrphansArgs),
     /// One replication pass over NATS JetStream: publish this device's
     /// log after what the stream holds (objects that must stay on this
@@ -141,7 +144,8 @@ pub enum Command {
     Lifecycle(LifecycleArgs),
     /// Run the daemon: lifecycle coordinator, readiness gates, local API on
     /// a Unix domain socket (health, readiness, status, lifecycle, log,
-    /// explain, event submission, event stream), shutdown graph on SIGTERM
+    /// explain, event submission through prioritised ingest lanes, event
+    /// stream), a periodic orphan sweeper, shutdown graph on SIGTERM
     /// or SIGINT (a second signal forces the exit). While it runs, every
     /// other `syncd` command goes through it. Exit 0 after a clean
     /// shutdown (QUIT_READY), 1 when a second signal cut it short.

@@ -344,6 +344,23 @@ fn status(cli: &Cli, home: &Path, a: &crate::cli::StatusArgs) -> Result<u8, Fail
         out.line(&format!("  device     {}", doc.active_device))?;
         out.line(&format!("  profile    {}", doc.active_profile))?;
         out.line(&format!("  daemon     {}", doc.daemon_state))?;
+        if let Some(l) = &doc.lanes {
+            let lanes: Vec<String> = l
+                .lanes
+                .iter()
+                .map(|v| {
+                    format!(
+                        "{} {}/{} (shed {}, deferred {})",
+                        v.lane.as_str(),
+                        v.depth_events,
+                        v.capacity_events,
+                        v.counters.shed_events,
+                        v.counters.deferred_events
+                    )
+                })
+                .collect();
+            out.line(&format!("  lanes      {}", lanes.join(" · ")))?;
+        }
         out.line(&format!(
             "  log        {} events, head {}",
             doc.log.event_count, doc.log.head_hash

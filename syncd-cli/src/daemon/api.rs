@@ -3,7 +3,7 @@
 //! the same ingest path as `syncd ingest` and only while the ingest lanes
 //! are started; a refusal names the gate that is missing.
 
-use std::io::{BufReader, Write};
+use std::io::Write;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -35,6 +35,8 @@ pub struct Shared {
     /// Submissions and served commands running now (the local runtime
     /// lanes); shutdown waits for them before receipts are flushed.
     pub in_flight: std::sync::Arc<AtomicUsize>,
+    /// The ingest lanes every submission goes through.
+    pub lanes: std::sync::Arc<super::lanes::Lanes>,
 }
 
 /// One unit of work in a lane; leaving the lane when dropped.
@@ -98,6 +100,7 @@ impl Shared {
             reason,
             started_subsystems: started,
             blocked_subsystems: blocked,
+            lanes: Some(self.lanes.view()),
         }
     }
 }
@@ -249,6 +252,33 @@ fn gate_refusal(shared: &Shared, subsystem: core::Subsystem) -> Option<serde_jso
     }
 }
 
+fn outcome_line(line: u64, outcome: &core::AppendOutcome) -> serde_json::Value {
+    match outcome {
+        core::AppendOutcome::Appended { seq, hash, id } => {
+            json!({"line": line, "result": "appended", "seq": seq.get(), "hash": hash.to_string(), "id": id.to_string()})
+        }
+        core::AppendOutcome::Duplicate { seq, hash } => {
+            json!({"line": line, "result": "duplicate", "seq": seq.get(), "hash": hash.to_string()})
+        }
+        core::AppendOutcome::Rejected { reason } => {
+            json!({"line": line, "result": "rejected", "reason": reason})
+        }
+        core::AppendOutcome::PolicyBlocked {
+            decision_id,
+            decision_seq,
+            reason,
+            ..
+        } => {
+            json!({"line": line, "result": "policy_blocked", "decision_id": decision_id, "decision_seq": decision_seq.get(), "reason": reason})
+        }
+    }
+}
+
+/// `POST /v1/events`: each line is classified into a lane (`?lane=` is a
+/// hint for the whole submission) and its runs go through the lanes in
+/// input order. Shed telemetry lines say so; once a run is deferred, it
+/// and every later line are answered `deferred` and the answer is 429
+/// with `Retry-After`, so that a retry resubmits the rest in order.
 fn submit(shared: &Shared, stream: &Conn, req: &Request) -> std::io::Result<()> {
     let Some(_lane) = shared.enter_lane() else {
         return error(
@@ -261,41 +291,111 @@ fn submit(shared: &Shared, stream: &Conn, req: &Request) -> std::io::Result<()> 
     if let Some(refusal) = gate_refusal(shared, core::Subsystem::IngestLanes) {
         return http::respond_json(stream, 503, &refusal);
     }
-    let mut lines = Vec::new();
-    let mut input = BufReader::new(req.body.as_slice());
-    let mut sink = |r: &core::IngestResult| -> std::io::Result<()> {
-        let v = match &r.outcome {
-            core::LineOutcome::Appended { seq, hash, id } => {
-                json!({"line": r.line, "result": "appended", "seq": seq, "hash": hash.to_string(), "id": id})
+    let hint = match req.param("lane") {
+        None => None,
+        Some(v) => match core::Lane::parse(v) {
+            Some(l) => Some(l),
+            None => {
+                return error(
+                    stream,
+                    400,
+                    "bad_request",
+                    &format!("lane must be control, data or telemetry, not {v:?}"),
+                )
             }
-            core::LineOutcome::Duplicate { seq, hash } => {
-                json!({"line": r.line, "result": "duplicate", "seq": seq, "hash": hash.to_string()})
+        },
+    };
+    let lines = core::parse_submission(&req.body, hint);
+    let runs = core::lane_items(&lines);
+    let mut results: Vec<Option<serde_json::Value>> = Vec::with_capacity(lines.len());
+    let mut drafts: Vec<Option<core::EventDraft>> = Vec::with_capacity(lines.len());
+    let mut numbers = Vec::with_capacity(lines.len());
+    for l in lines {
+        numbers.push(l.line);
+        match l.parsed {
+            Ok((_, d)) => {
+                results.push(None);
+                drafts.push(Some(d));
             }
-            core::LineOutcome::Rejected { reason } => {
-                json!({"line": r.line, "result": "rejected", "reason": reason})
+            Err(reason) => {
+                results.push(Some(
+                    json!({"line": l.line, "result": "rejected", "reason": reason}),
+                ));
+                drafts.push(None);
             }
-            core::LineOutcome::Blocked {
-                decision_id,
-                decision_seq,
-                reason,
-            } => {
-                json!({"line": r.line, "result": "policy_blocked", "decision_id": decision_id, "decision_seq": decision_seq, "reason": reason})
+        }
+    }
+    let number = |i: usize| numbers.get(i).copied().unwrap_or_default();
+    let mut retry_after_ms: Option<u64> = None;
+    for (lane, idx) in runs {
+        let deferred = |i: usize, ms: u64, why: &str| {
+            json!({"line": number(i), "result": "deferred", "error": "resource_blocked",
+                "lane": lane.as_str(), "retry_after_ms": ms, "reason": why})
+        };
+        if let Some(ms) = retry_after_ms {
+            for i in idx {
+                let d = deferred(i, ms, "an earlier line of this submission was deferred");
+                if let Some(r) = results.get_mut(i) {
+                    *r = Some(d);
+                }
+            }
+            continue;
+        }
+        let run: Vec<_> = idx
+            .iter()
+            .filter_map(|i| drafts.get_mut(*i).and_then(Option::take))
+            .collect();
+        let answers: Vec<serde_json::Value> = match shared.lanes.submit(lane, run) {
+            super::lanes::Submitted::Done(Ok(outcomes)) => idx
+                .iter()
+                .zip(outcomes.iter())
+                .map(|(i, o)| outcome_line(number(*i), o))
+                .collect(),
+            super::lanes::Submitted::Done(Err(e)) => {
+                return error(stream, 500, "ingest_failed", &e);
+            }
+            super::lanes::Submitted::Shed => idx
+                .iter()
+                .map(|i| json!({"line": number(*i), "result": "shed", "lane": lane.as_str()}))
+                .collect(),
+            super::lanes::Submitted::Deferred { retry_after_ms: ms } => {
+                retry_after_ms = Some(ms);
+                let why = format!("the {} lane is full", lane.as_str());
+                idx.iter().map(|i| deferred(*i, ms, &why)).collect()
+            }
+            super::lanes::Submitted::Stopped => {
+                retry_after_ms = Some(super::lanes::SHED_QUIET_MS);
+                idx.iter()
+                    .map(|i| {
+                        deferred(
+                            *i,
+                            super::lanes::SHED_QUIET_MS,
+                            "the daemon is shutting down",
+                        )
+                    })
+                    .collect()
             }
         };
-        lines.push(v);
-        Ok(())
-    };
-    let result = core::Ingestor::new(shared.store()).run(&mut input, &mut sink, &mut |_| {});
-    match result {
-        Ok(_) => {
-            let mut body = Vec::new();
-            for l in &lines {
-                body.extend_from_slice(l.to_string().as_bytes());
-                body.push(b'\n');
+        for (i, a) in idx.iter().zip(answers) {
+            if let Some(r) = results.get_mut(*i) {
+                *r = Some(a);
             }
-            http::respond(stream, 200, "application/x-ndjson", &body)
         }
-        Err(e) => error(stream, 500, "ingest_failed", &crate::chain(&e)),
+    }
+    let mut body = Vec::new();
+    for l in results.into_iter().flatten() {
+        body.extend_from_slice(l.to_string().as_bytes());
+        body.push(b'\n');
+    }
+    match retry_after_ms {
+        None => http::respond(stream, 200, "application/x-ndjson", &body),
+        Some(ms) => http::respond_with(
+            stream,
+            429,
+            "application/x-ndjson",
+            Some(ms.div_ceil(1_000)),
+            &body,
+        ),
     }
 }
 

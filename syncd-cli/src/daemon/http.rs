@@ -289,6 +289,7 @@ fn reason(status: u16) -> &'static str {
         404 => "Not Found",
         405 => "Method Not Allowed",
         413 => "Payload Too Large",
+        429 => "Too Many Requests",
         500 => "Internal Server Error",
         503 => "Service Unavailable",
         _ => "Status",
@@ -296,14 +297,24 @@ fn reason(status: u16) -> &'static str {
 }
 
 /// Writes a whole response and ends the exchange.
-pub fn respond(
+pub fn respond(stream: &Conn, status: u16, content_type: &str, body: &[u8]) -> std::io::Result<()> {
+    respond_with(stream, status, content_type, None, body)
+}
+
+/// Writes a whole response, with a `Retry-After` header (seconds) when
+/// given, and ends the exchange.
+pub fn respond_with(
     mut stream: &Conn,
     status: u16,
     content_type: &str,
+    retry_after_s: Option<u64>,
     body: &[u8],
 ) -> std::io::Result<()> {
+    let retry = retry_after_s
+        .map(|s| format!("Retry-After: {s}\r\n"))
+        .unwrap_or_default();
     let head = format!(
-        "HTTP/1.1 {status} {}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        "HTTP/1.1 {status} {}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n{retry}Connection: close\r\n\r\n",
         reason(status),
         body.len()
     );

@@ -8,6 +8,7 @@
 pub mod api;
 pub mod client;
 pub mod http;
+pub mod lanes;
 pub mod notify;
 pub mod replication;
 
@@ -104,6 +105,9 @@ fn serve(cli: &Cli, home: &Path, a: &DaemonArgs) -> Result<u8, Failure> {
             .map_err(|e| Failure::usage(format!("--nats: {e}")))?;
         replication_config.enabled = true;
     }
+    // The sweeper's TTL and interval: a bad `config.toml` stops the start
+    // here, before anything is recorded.
+    let orphan_config = core::OrphanConfig::load(home).map_err(|e| Failure::store(&e))?;
     if let Some(socket) = client::discover(home) {
         return Err(fail(format!(
             "a daemon already runs for {} (socket {})",
@@ -161,11 +165,14 @@ fn serve(cli: &Cli, home: &Path, a: &DaemonArgs) -> Result<u8, Failure> {
     let _ = std::fs::remove_file(&socket);
     let listener = UnixListener::bind(&socket)
         .map_err(|e| fail(format!("cannot listen on {}: {e}", socket.display())))?;
+    let lanes = lanes::Lanes::start(store.clone(), core::LaneLimits::default())
+        .map_err(|e| fail(format!("cannot start the ingest lanes: {e}")))?;
     let shared = Arc::new(Shared {
         coordinator,
         home: home.to_path_buf(),
         draining: AtomicBool::new(false),
         in_flight: Arc::new(AtomicUsize::new(0)),
+        lanes,
     });
     let stop_accepting = Arc::new(AtomicBool::new(false));
     let active = Arc::new(AtomicUsize::new(0));
@@ -226,6 +233,13 @@ fn serve(cli: &Cli, home: &Path, a: &DaemonArgs) -> Result<u8, Failure> {
         let _ = std::thread::Builder::new()
             .name("lifecycle".into())
             .spawn(move || startup(&shared, &config, &device, &policy_id));
+    }
+    {
+        let shared = shared.clone();
+        std::thread::Builder::new()
+            .name("orphan-sweeper".into())
+            .spawn(move || sweeper(&shared, orphan_config))
+            .map_err(|e| fail(format!("cannot start the orphan sweeper: {e}")))?;
     }
 
     // Wait for a signal, pinging the watchdog when systemd asks for it.
@@ -539,6 +553,42 @@ fn startup(shared: &Shared, config: &core::DaemonConfig, device: &str, policy_id
     moved(E::Started, MoveDetails::default());
 }
 
+/// The orphan sweeper: every `sweep_interval_ms`, while its gate
+/// (`scheduled_tasks`, open from LOCAL_READY) is open, quarantines the
+/// orphans past their TTL through `session_dag::sweep`, which records each
+/// decision as an event. A sweep counts as work in the lanes, so shutdown
+/// waits for one that runs.
+fn sweeper(shared: &Shared, config: core::OrphanConfig) {
+    let interval = Duration::from_millis(config.sweep_interval_ms);
+    loop {
+        if sleep_unless(interval, &shared.draining) {
+            return;
+        }
+        let ready = matches!(
+            shared
+                .coordinator
+                .start_subsystem(core::Subsystem::ScheduledTasks),
+            Ok(core::Readiness::Ready { .. })
+        );
+        if !ready {
+            continue;
+        }
+        let Some(_work) = shared.enter_lane() else {
+            return;
+        };
+        match core::sweep(shared.coordinator.store(), config.ttl_seconds) {
+            Ok(r) if !r.quarantined.is_empty() || !r.refused.is_empty() => tracing::info!(
+                quarantined = r.quarantined.len(),
+                refused = r.refused.len(),
+                still_queued = r.still_queued,
+                "orphan sweep"
+            ),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %crate::chain(&e), "orphan sweep failed"),
+        }
+    }
+}
+
 /// Sleeps, waking early when `stop` is set; true when it was.
 fn sleep_unless(d: Duration, stop: &AtomicBool) -> bool {
     let step = Duration::from_millis(20);
@@ -609,6 +659,7 @@ fn shutdown(
         let store = c.store().clone();
         let in_flight = shared.in_flight.clone();
         let replicator = replicator.clone();
+        let lanes = shared.lanes.clone();
         let action: core::StepAction = Box::new(move |abandoned| {
             if name == "replication" {
                 // The pass in progress finishes (what it received is
@@ -632,6 +683,9 @@ fn shutdown(
                     }
                     std::thread::sleep(Duration::from_millis(LANE_POLL_MS));
                 }
+                // Nothing is queued any more; an open shedding episode is
+                // summarised before the dispatcher ends.
+                lanes.stop();
             }
             if let Some(h) = hook {
                 // The hook gets the whole step's time; the graph decides
