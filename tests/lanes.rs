@@ -392,3 +392,45 @@ fn a_bad_sweep_interval_stops_the_daemon_before_it_records_anything() {
     );
     assert_eq!(home.head(), before);
 }
+
+#[test]
+fn syncd_ingest_served_by_the_daemon_goes_through_the_lanes() {
+    let home = Home::new();
+    let _d = home.start_daemon();
+    let before = lanes_of(&home.status_json());
+    let admitted = |lanes: &[serde_json::Value], lane: &str| {
+        lanes
+            .iter()
+            .find(|l| l["lane"] == lane)
+            .and_then(|l| l["admitted_events"].as_u64())
+            .unwrap()
+    };
+    let lines: Vec<String> = (0..3)
+        .map(support::event)
+        .chain(std::iter::once(
+            r#"{"kind":"session.opened","actor":"actor:agent-one","session":"urn:srcos:session:through-lanes","payload":{}}"#.to_owned(),
+        ))
+        .chain(std::iter::once(
+            r#"{"kind":"telemetry.sample","actor":"actor:agent-one","payload":{"cpu":1}}"#
+                .to_owned(),
+        ))
+        .collect();
+    let out = home.ingest(&lines);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let results = support::json_lines(&out);
+    assert_eq!(results.len(), 5);
+    assert!(
+        results.iter().all(|r| r["result"] == "appended"),
+        "{results:?}"
+    );
+    let after = lanes_of(&home.status_json());
+    assert_eq!(admitted(&after, "data") - admitted(&before, "data"), 3);
+    assert_eq!(
+        admitted(&after, "control") - admitted(&before, "control"),
+        1
+    );
+    assert_eq!(
+        admitted(&after, "telemetry") - admitted(&before, "telemetry"),
+        1
+    );
+}

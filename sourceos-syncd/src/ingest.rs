@@ -164,9 +164,15 @@ pub enum IngestError {
     Output(#[source] std::io::Error),
 }
 
+/// How a group of drafts is appended: one group commit of a store, or
+/// whatever path the caller routes them through (a daemon's ingest
+/// lanes). Outcomes come back in the drafts' order.
+pub type Appender<'a> = &'a dyn Fn(Vec<EventDraft>) -> Result<Vec<AppendOutcome>, AppendError>;
+
 /// Reads JSON Lines and appends them to a store.
 pub struct Ingestor<'a> {
     store: &'a Store,
+    appender: Option<Appender<'a>>,
 }
 
 enum Pending {
@@ -177,7 +183,19 @@ enum Pending {
 impl<'a> Ingestor<'a> {
     /// An ingestor over `store`.
     pub fn new(store: &'a Store) -> Self {
-        Self { store }
+        Self {
+            store,
+            appender: None,
+        }
+    }
+
+    /// An ingestor that appends each group through `appender` instead of
+    /// the store's group commit.
+    pub fn with_appender(store: &'a Store, appender: Appender<'a>) -> Self {
+        Self {
+            store,
+            appender: Some(appender),
+        }
     }
 
     /// Ingests every line of `input`, calling `sink` with each line's result
@@ -250,7 +268,11 @@ impl<'a> Ingestor<'a> {
         if pending.is_empty() {
             return Ok(());
         }
-        let outcomes = self.store.append_many(std::mem::take(drafts))?;
+        let group = std::mem::take(drafts);
+        let outcomes = match self.appender {
+            Some(append) => append(group)?,
+            None => self.store.append_many(group)?,
+        };
         let mut outcomes = outcomes.into_iter();
         for p in pending.drain(..) {
             let result = match p {

@@ -88,7 +88,8 @@ pub use ids::{
     SessionRef, Subject, Timestamp,
 };
 pub use ingest::{
-    parse_line, IngestError, IngestResult, IngestSummary, Ingestor, LineOutcome, MAX_LINE_BYTES,
+    parse_line, Appender, IngestError, IngestResult, IngestSummary, Ingestor, LineOutcome,
+    MAX_LINE_BYTES,
 };
 pub use kinds::{known_kinds, validate as validate_kind};
 pub use lanes::{

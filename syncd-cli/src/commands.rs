@@ -253,7 +253,18 @@ fn ingest(cli: &Cli, home: &Path, a: &crate::cli::IngestArgs) -> Result<u8, Fail
             closed.set(true);
         }
     };
-    let result = core::Ingestor::new(&store).run(&mut input, &mut sink, &mut on_progress);
+    // Served by a daemon, the lines go through its ingest lanes like any
+    // other submission: priority by lane, back-pressure as waiting.
+    let lanes = crate::served::lanes();
+    let through_lanes = |drafts: Vec<core::EventDraft>| match &lanes {
+        Some(l) => crate::daemon::lanes::append_waiting(l, drafts),
+        None => store.append_many(drafts),
+    };
+    let result = core::Ingestor::with_appender(&store, &through_lanes).run(
+        &mut input,
+        &mut sink,
+        &mut on_progress,
+    );
     bar.finish_and_clear();
     let flushed = out.borrow_mut().flush();
     close(store)?;

@@ -11,6 +11,7 @@ use sourceos_syncd as core;
 /// The context of one served command.
 struct Served {
     store: core::Store,
+    lanes: Option<std::sync::Arc<crate::daemon::lanes::Lanes>>,
     daemon: Option<core::DaemonSection>,
     stdin: Option<Vec<u8>>,
     stdout: Vec<u8>,
@@ -40,6 +41,7 @@ pub(crate) struct Captured {
 /// Runs `f` as a command served by the daemon over `store`.
 pub(crate) fn run<R>(
     store: core::Store,
+    lanes: Option<std::sync::Arc<crate::daemon::lanes::Lanes>>,
     daemon: core::DaemonSection,
     stdin: Vec<u8>,
     f: impl FnOnce() -> R,
@@ -47,6 +49,7 @@ pub(crate) fn run<R>(
     SERVED.with(|s| {
         *s.borrow_mut() = Some(Served {
             store,
+            lanes,
             daemon: Some(daemon),
             stdin: Some(stdin),
             stdout: Vec::new(),
@@ -76,6 +79,11 @@ pub(crate) fn active() -> bool {
 /// The daemon's store, when served.
 pub(crate) fn store() -> Option<core::Store> {
     SERVED.with(|s| s.borrow().as_ref().map(|x| x.store.clone()))
+}
+
+/// The daemon's ingest lanes, when served.
+pub(crate) fn lanes() -> Option<std::sync::Arc<crate::daemon::lanes::Lanes>> {
+    SERVED.with(|s| s.borrow().as_ref().and_then(|x| x.lanes.clone()))
 }
 
 /// The serving daemon's section of the status document, when served.

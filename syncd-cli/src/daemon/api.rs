@@ -512,11 +512,17 @@ fn cli(shared: &Shared, stream: &Conn, req: &Request) -> std::io::Result<()> {
     cli.command.absolutize(&parsed.cwd);
     let section = shared.daemon_section();
     let home = shared.home.clone();
-    let (result, captured) = crate::served::run(shared.store().clone(), section, stdin, || {
-        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            crate::commands::run(&cli, &home)
-        }))
-    });
+    let (result, captured) = crate::served::run(
+        shared.store().clone(),
+        Some(shared.lanes.clone()),
+        section,
+        stdin,
+        || {
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                crate::commands::run(&cli, &home)
+            }))
+        },
+    );
     let mut stderr = String::from_utf8_lossy(&captured.stderr).into_owned();
     let code = match result {
         Ok(Ok(code)) => code,

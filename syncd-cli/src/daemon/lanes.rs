@@ -243,3 +243,57 @@ impl Lanes {
         }
     }
 }
+
+/// Pause before offering deferred drafts again, at least.
+const MIN_RETRY_MS: u64 = 10;
+
+/// Appends `drafts` through the lanes for a caller that waits rather than
+/// retries itself (`syncd ingest` served by the daemon): each run of one
+/// lane, in order, is offered until admitted; deferral is back-pressure
+/// (the caller waits the time the lanes ask for); shed telemetry comes
+/// back as a rejected line, saying so. Outcomes are in the drafts' order.
+pub fn append_waiting(
+    lanes: &Lanes,
+    drafts: Vec<core::EventDraft>,
+) -> Result<Vec<core::AppendOutcome>, core::AppendError> {
+    let mut out = Vec::with_capacity(drafts.len());
+    let mut runs: Vec<(core::Lane, Vec<core::EventDraft>)> = Vec::new();
+    for d in drafts {
+        let lane = core::classify_lane(&d.kind, None);
+        let limit = if lane == core::Lane::Telemetry {
+            core::MAX_TELEMETRY_ITEM_EVENTS
+        } else {
+            core::MAX_LANE_ITEM_EVENTS
+        };
+        match runs.last_mut() {
+            Some((l, run)) if *l == lane && run.len() < limit => run.push(d),
+            _ => runs.push((lane, vec![d])),
+        }
+    }
+    for (lane, run) in runs {
+        loop {
+            match lanes.submit(lane, run.clone()) {
+                Submitted::Done(Ok(outcomes)) => {
+                    out.extend(outcomes);
+                    break;
+                }
+                Submitted::Done(Err(e)) => return Err(core::AppendError::Poisoned(e)),
+                Submitted::Shed => {
+                    out.extend(run.iter().map(|_| core::AppendOutcome::Rejected {
+                        reason: "shed: the telemetry lane is full; nothing was appended".into(),
+                    }));
+                    break;
+                }
+                Submitted::Deferred { retry_after_ms } => {
+                    std::thread::sleep(Duration::from_millis(retry_after_ms.max(MIN_RETRY_MS)));
+                }
+                Submitted::Stopped => {
+                    return Err(core::AppendError::Poisoned(
+                        "the daemon is shutting down; nothing more is accepted".into(),
+                    ))
+                }
+            }
+        }
+    }
+    Ok(out)
+}
