@@ -9,6 +9,7 @@ pub mod api;
 pub mod client;
 pub mod http;
 pub mod notify;
+pub mod snapshot;
 
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
@@ -156,6 +157,13 @@ fn serve(cli: &Cli, home: &Path, a: &DaemonArgs) -> Result<u8, Failure> {
         draining: AtomicBool::new(false),
         in_flight: Arc::new(AtomicUsize::new(0)),
     });
+    let snapshots = {
+        let shared = shared.clone();
+        std::thread::Builder::new()
+            .name("status-snapshot".into())
+            .spawn(move || snapshot::keep(&shared))
+            .map_err(|e| fail(format!("cannot start the snapshot thread: {e}")))?
+    };
     let stop_accepting = Arc::new(AtomicBool::new(false));
     let active = Arc::new(AtomicUsize::new(0));
     let accept = {
@@ -234,6 +242,8 @@ fn serve(cli: &Cli, home: &Path, a: &DaemonArgs) -> Result<u8, Failure> {
         let _ = std::net::TcpStream::connect(addr);
         let _ = h.join();
     }
+    // The snapshot thread sees the drain flag and removes its file.
+    let _ = snapshots.join();
     remove_own_daemon_file(home);
     let _ = std::fs::remove_file(&socket);
     drop(shared);
