@@ -97,6 +97,7 @@ pub fn run(cli: &Cli, home: &Path) -> Result<u8, Failure> {
         Command::Receipts(a) => crate::cmd_ledger::receipts(cli, home, a),
         Command::Lifecycle(a) => crate::cmd_lifecycle::lifecycle(cli, home, a),
         Command::Daemon(a) => crate::daemon::run(cli, home, a),
+        Command::Top(a) => crate::top::top(home, a),
         Command::Diagnostics(crate::cli::DiagnosticsCommand::Export(a)) => {
             crate::cmd_diagnostics::export(cli, home, a)
         }

@@ -15,6 +15,7 @@ mod commands;
 mod daemon;
 mod output;
 mod served;
+mod top;
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
