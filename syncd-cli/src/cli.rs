@@ -386,6 +386,11 @@ pub struct DaemonArgs {
     /// HOME/daemon.json). Off by default; other addresses are refused.
     #[arg(long, value_name = "ADDR")]
     pub tcp: Option<std::net::SocketAddr>,
+    /// Serve the Workspace pane, a self-contained web page that renders
+    /// the status document live from the event stream, at /pane on the
+    /// --tcp address (off by default).
+    #[arg(long, requires = "tcp")]
+    pub pane: bool,
 }
 
 /// `syncd diagnostics`.

@@ -30,6 +30,8 @@ pub struct Shared {
     pub coordinator: core::Coordinator,
     /// The home.
     pub home: PathBuf,
+    /// Whether the Workspace pane (`GET /pane`) is served.
+    pub pane: bool,
     /// Set when shutdown starts: no new work.
     pub draining: AtomicBool,
     /// Submissions and served commands running now (the local runtime
@@ -136,6 +138,12 @@ pub fn handle(shared: &Shared, stream: &Conn) -> std::io::Result<()> {
         );
     }
     match (req.method.as_str(), path.as_str()) {
+        ("GET", "/pane") if shared.pane => http::respond(
+            stream,
+            200,
+            "text/html; charset=utf-8",
+            super::pane::PAGE.as_bytes(),
+        ),
         ("GET", "/v1/health") => health(shared, stream),
         ("GET", "/v1/readiness") => readiness(shared, stream),
         ("GET", "/v1/status") => status(shared, stream),

@@ -9,6 +9,7 @@ pub mod api;
 pub mod client;
 pub mod http;
 pub mod notify;
+pub mod pane;
 pub mod snapshot;
 
 use std::os::unix::net::UnixListener;
@@ -152,6 +153,7 @@ fn serve(cli: &Cli, home: &Path, a: &DaemonArgs) -> Result<u8, Failure> {
     let listener = UnixListener::bind(&socket)
         .map_err(|e| fail(format!("cannot listen on {}: {e}", socket.display())))?;
     let shared = Arc::new(Shared {
+        pane: a.pane,
         coordinator,
         home: home.to_path_buf(),
         draining: AtomicBool::new(false),
