@@ -294,6 +294,8 @@ fn submit(shared: &Shared, stream: &Conn, req: &Request) -> std::io::Result<()> 
         Ok(())
     };
     let result = core::Ingestor::new(shared.store()).run(&mut input, &mut sink, &mut |_| {});
+    // Before answering: a status line read right after sees the events.
+    super::snapshot::refresh(shared, false);
     match result {
         Ok(_) => {
             let mut body = Vec::new();
@@ -439,6 +441,7 @@ fn cli(shared: &Shared, stream: &Conn, req: &Request) -> std::io::Result<()> {
             crate::exit::STORE
         }
     };
+    super::snapshot::refresh(shared, false);
     reply(
         code,
         String::from_utf8_lossy(&captured.stdout).into_owned(),

@@ -375,6 +375,7 @@ fn startup(shared: &Shared, config: &core::DaemonConfig, device: &str, policy_id
     let moved = |event, details| match c.apply(event, details) {
         Ok(core::MoveOutcome::Moved(_)) => {
             let _ = c.start_ready();
+            snapshot::refresh(shared, false);
             if let Ok(s) = c.state() {
                 notify::notify(&format!("STATUS={}", s.as_str()));
             }

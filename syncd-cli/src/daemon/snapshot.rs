@@ -7,7 +7,7 @@
 
 use std::path::Path;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -36,39 +36,60 @@ pub struct Snapshot {
     pub status: core::StatusDocument,
 }
 
-/// Writes the snapshot whenever the head or the lifecycle state moves,
-/// until the daemon drains; then removes it.
+/// The key of the last snapshot written (log head, lifecycle state and
+/// reason); the lock also keeps two writers from sharing the temporary
+/// file.
+static LAST_WRITTEN: Mutex<Option<(u64, String)>> = Mutex::new(None);
+
+/// Rewrites the snapshot when the log head or the lifecycle state moved
+/// since the last one (or always, with `force`). Called before the daemon
+/// answers a submission or a served command and after each lifecycle
+/// move, so a `status --line` that follows them sees them; the thread in
+/// [`keep`] catches everything else.
+pub fn refresh(shared: &Shared, force: bool) {
+    let mut last = LAST_WRITTEN.lock().unwrap_or_else(|p| p.into_inner());
+    if shared.draining.load(Ordering::SeqCst) {
+        return;
+    }
+    let head = shared
+        .coordinator
+        .store()
+        .head()
+        .map(|(s, _)| s)
+        .unwrap_or(0);
+    let section = shared.daemon_section();
+    let key = (head, format!("{}|{:?}", section.state, section.reason));
+    if !force && last.as_ref() == Some(&key) {
+        return;
+    }
+    let Ok(doc) = core::status(shared.coordinator.store()) else {
+        return;
+    };
+    let snap = Snapshot {
+        run_id: section.run_id.clone(),
+        pid: section.pid,
+        status: doc.with_daemon(section),
+    };
+    match write(&shared.home.join(SNAPSHOT_FILE), &snap) {
+        Ok(()) => *last = Some(key),
+        Err(e) => tracing::warn!(error = %e, "cannot write the status snapshot"),
+    }
+}
+
+/// Keeps the snapshot current until the daemon drains; then removes it.
 pub fn keep(shared: &Arc<Shared>) {
-    let path = shared.home.join(SNAPSHOT_FILE);
-    let mut last: Option<(u64, String)> = None;
     let mut written = Instant::now();
     while !shared.draining.load(Ordering::SeqCst) {
-        let head = shared
-            .coordinator
-            .store()
-            .head()
-            .map(|(s, _)| s)
-            .unwrap_or(0);
-        let section = shared.daemon_section();
-        let key = (head, format!("{}|{:?}", section.state, section.reason));
         let stale = written.elapsed() >= Duration::from_millis(REFRESH_MS);
-        if last.as_ref() != Some(&key) || stale {
-            if let Ok(doc) = core::status(shared.coordinator.store()) {
-                let snap = Snapshot {
-                    run_id: section.run_id.clone(),
-                    pid: section.pid,
-                    status: doc.with_daemon(section),
-                };
-                if let Err(e) = write(&path, &snap) {
-                    tracing::warn!(error = %e, "cannot write the status snapshot");
-                }
-                last = Some(key);
-                written = Instant::now();
-            }
+        refresh(shared, stale);
+        if stale {
+            written = Instant::now();
         }
         std::thread::sleep(Duration::from_millis(POLL_MS));
     }
-    let _ = std::fs::remove_file(&path);
+    // Under the lock, so that no refresh in flight writes it again.
+    let _guard = LAST_WRITTEN.lock().unwrap_or_else(|p| p.into_inner());
+    let _ = std::fs::remove_file(shared.home.join(SNAPSHOT_FILE));
 }
 
 fn write(path: &Path, snap: &Snapshot) -> std::io::Result<()> {
