@@ -212,3 +212,14 @@ fn the_pane_shows_a_conflict_within_a_second() {
     }
     assert_eq!(text_of(port, &session, "health"), "conflicted");
 }
+
+#[test]
+fn the_pane_needs_loopback_tcp_and_a_refusal_records_nothing() {
+    let home = Home::new();
+    let before = home.head();
+    let out = home.run(&["daemon", "--pane"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("--tcp"), "{}", stderr(&out));
+    assert_eq!(home.head(), before);
+    assert!(!home.path().join("daemon.json").exists());
+}

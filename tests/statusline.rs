@@ -156,3 +156,20 @@ fn the_snapshot_follows_the_log_and_goes_with_the_daemon() {
     assert!(!home.path().join("status.snapshot.json").exists());
     assert!(line(&home).starts_with("syncd clean · "));
 }
+
+#[test]
+fn a_damaged_or_foreign_snapshot_is_ignored() {
+    let home = Home::new();
+    let _d = home.start_daemon();
+    wait_line(&home, "syncd clean · ");
+    let snap = home.path().join("status.snapshot.json");
+    // Another run's snapshot, and then garbage: the line is asked of the
+    // daemon instead, and is still right.
+    let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(&snap).unwrap()).unwrap();
+    v["run_id"] = "urn:srcos:run:other".into();
+    v["status"]["health"] = "conflicted".into();
+    std::fs::write(&snap, v.to_string()).unwrap();
+    assert!(line(&home).starts_with("syncd clean · "));
+    std::fs::write(&snap, b"{ not json").unwrap();
+    assert!(line(&home).starts_with("syncd clean · "));
+}
