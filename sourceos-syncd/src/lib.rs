@@ -18,6 +18,7 @@ mod event;
 mod evidence;
 mod explain;
 mod gitstate;
+mod host;
 mod ids;
 mod ingest;
 mod kinds;
@@ -83,6 +84,11 @@ pub use explain::{
     Explanation, ObjectSummary, RecordKind, SyncPlan, MAX_LISTED,
 };
 pub use gitstate::{git_state, git_states, GitStateRecord, GIT_STATES, GIT_STATE_KIND};
+pub use host::{
+    sanitise, DaemonHost, EventRequest, FacadeKey, Host, HostError, HostRequest, InvalidInput,
+    LocalHost, Outcome, SanitisedMessage, ScriptedHost, SessionRequest, SurfaceVersion,
+    TurnRequest, TxnRequest, MAX_FACADE_KEY_BYTES, MAX_RECORDED_REQUESTS,
+};
 pub use ids::{
     ActorId, DeviceId, Digest, EventId, EventKind, IdempotencyKey, InvalidValue, ProfileId, Seq,
     SessionRef, Subject, Timestamp,

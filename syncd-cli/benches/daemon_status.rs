@@ -4,7 +4,10 @@
 //! the release `syncd` binary, starts `syncd daemon` on it, then measures
 //! (1) `GET /v1/status` over the Unix socket, as a status pane would ask,
 //! and (2) the whole `syncd status --json` command going through the
-//! daemon (process start included). Run with
+//! daemon (process start included), which is the baseline of (3) the
+//! whole `syncd status --line` command, which reads the daemon's status
+//! snapshot (target: p50 under 30 ms); the ratio of (3) to (2) is
+//! printed. Run with
 //! `cargo bench -p syncd-cli --bench daemon_status`.
 
 #![allow(
@@ -23,6 +26,9 @@ use std::time::{Duration, Instant};
 const DEFAULT_EVENTS: u64 = 1_000_000;
 const API_ROUNDS: usize = 500;
 const CLI_ROUNDS: usize = 30;
+const LINE_ROUNDS: usize = 100;
+/// The statusline's target, whole process, with the daemon running.
+const LINE_TARGET_MS: f64 = 30.0;
 
 fn bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_syncd"))
@@ -50,7 +56,7 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[i]
 }
 
-fn report(what: &str, mut v: Vec<Duration>) {
+fn report(what: &str, mut v: Vec<Duration>) -> f64 {
     v.sort();
     println!(
         "{what:<44} n={:<4} p50 {:>8.3} ms  p99 {:>8.3} ms  max {:>8.3} ms",
@@ -59,6 +65,7 @@ fn report(what: &str, mut v: Vec<Duration>) {
         percentile(&v, 0.99).as_secs_f64() * 1e3,
         v.last().unwrap().as_secs_f64() * 1e3
     );
+    percentile(&v, 0.5).as_secs_f64() * 1e3
 }
 
 fn main() {
@@ -150,5 +157,30 @@ fn main() {
         run(&["status", "--json"]);
         cli.push(t.elapsed());
     }
-    report("syncd status --json through the daemon", cli);
+    let baseline = report("syncd status --json through the daemon", cli);
+
+    // The snapshot is written once the daemon is running; wait for it.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !String::from_utf8_lossy(&run(&["status", "--line"]).stdout)
+        .contains(&format!("head {}", events + 8))
+    {
+        assert!(Instant::now() < deadline, "no status snapshot");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut line = Vec::with_capacity(LINE_ROUNDS);
+    for _ in 0..LINE_ROUNDS {
+        let t = Instant::now();
+        run(&["status", "--line"]);
+        line.push(t.elapsed());
+    }
+    let p50 = report("syncd status --line (daemon snapshot)", line);
+    println!(
+        "status --line / status --json p50 ratio {:.3}; target p50 < {LINE_TARGET_MS} ms: {}",
+        p50 / baseline,
+        if p50 < LINE_TARGET_MS {
+            "met"
+        } else {
+            "NOT met"
+        }
+    );
 }

@@ -93,6 +93,11 @@ pub enum Command {
     GitState(GitStateArgs),
     /// List sessions: state, writer lease epoch, turns, recovered orphans.
     Sessions(ListArgs),
+    /// A live terminal dashboard of the daemon: health, lifecycle, lanes,
+    /// peers, conflicts, orphans and recent events, fed by its event
+    /// stream; it resumes after a daemon restart. Tab moves between
+    /// panels, arrows scroll the events, q leaves.
+    Top(TopArgs),
     /// Show one session (`urn:srcos:session:<id>` or the bare id): its
     /// correlation keys, writer lease, every turn with its moves and
     /// outcome, and the orphans recovered into it. Exit 65 when the
@@ -190,7 +195,7 @@ impl Command {
     /// Whether this command may go through a running daemon (the daemon
     /// itself does not).
     pub fn goes_through_daemon(&self) -> bool {
-        !matches!(self, Command::Daemon(_))
+        !matches!(self, Command::Daemon(_) | Command::Top(_))
     }
 
     /// Whether it reads events from stdin.
@@ -390,6 +395,11 @@ pub struct DaemonArgs {
     /// HOME/config.toml says; the replicator runs once org policy is ready.
     #[arg(long, value_name = "URL[,URL...]", value_delimiter = ',')]
     pub nats: Vec<String>,
+    /// Serve the Workspace pane, a self-contained web page that renders
+    /// the status document live from the event stream, at /pane on the
+    /// --tcp address (off by default).
+    #[arg(long, requires = "tcp")]
+    pub pane: bool,
 }
 
 /// `syncd diagnostics`.
@@ -533,6 +543,16 @@ pub struct LogArgs {
     /// One JSON document per line.
     #[arg(long)]
     pub json: bool,
+}
+
+/// `syncd top`.
+#[derive(Debug, Args)]
+pub struct TopArgs {
+    /// Draw no terminal: follow the stream until an event about SUBJECT
+    /// arrives, print one frame as text and exit (for scripts and tests;
+    /// gives up after 30 s with exit 69).
+    #[arg(long, value_name = "SUBJECT")]
+    pub headless_until: Option<String>,
 }
 
 /// `syncd status`.

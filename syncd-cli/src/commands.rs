@@ -97,6 +97,7 @@ pub fn run(cli: &Cli, home: &Path) -> Result<u8, Failure> {
         Command::Receipts(a) => crate::cmd_ledger::receipts(cli, home, a),
         Command::Lifecycle(a) => crate::cmd_lifecycle::lifecycle(cli, home, a),
         Command::Daemon(a) => crate::daemon::run(cli, home, a),
+        Command::Top(a) => crate::top::top(home, a),
         Command::Diagnostics(crate::cli::DiagnosticsCommand::Export(a)) => {
             crate::cmd_diagnostics::export(cli, home, a)
         }
@@ -320,6 +321,19 @@ fn log(cli: &Cli, home: &Path, a: &crate::cli::LogArgs) -> Result<u8, Failure> {
     Ok(exit::OK)
 }
 
+/// The one-line status for a shell prompt. It starts with `syncd` and a
+/// health state, so it never reads like git's dirty state beside it.
+pub(crate) fn status_line(doc: &core::StatusDocument) -> String {
+    format!(
+        "syncd {} · {} · {} · {} conflicts · head {}",
+        doc.health.as_str(),
+        doc.active_profile,
+        doc.active_device,
+        doc.conflict_count,
+        doc.log.head_seq
+    )
+}
+
 fn status(cli: &Cli, home: &Path, a: &crate::cli::StatusArgs) -> Result<u8, Failure> {
     let store = open(cli, home, true)?;
     let mut doc = core::status(&store).map_err(|e| Failure {
@@ -341,14 +355,7 @@ fn status(cli: &Cli, home: &Path, a: &crate::cli::StatusArgs) -> Result<u8, Fail
     if a.json {
         out.json_pretty(&doc)?;
     } else if a.line {
-        out.line(&format!(
-            "syncd {} · {} · {} · {} conflicts · head {}",
-            doc.health.as_str(),
-            doc.active_profile,
-            doc.active_device,
-            doc.conflict_count,
-            doc.log.head_seq
-        ))?;
+        out.line(&status_line(&doc))?;
     } else {
         out.line(&doc.summary)?;
         out.line(&format!("  health     {}", doc.health.as_str()))?;

@@ -15,6 +15,7 @@ mod commands;
 mod daemon;
 mod output;
 mod served;
+mod top;
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -108,6 +109,16 @@ fn resolve_home(flag: Option<PathBuf>) -> Result<PathBuf, Failure> {
 fn run(cli: &cli::Cli, home: &std::path::Path) -> Result<u8, Failure> {
     if !cli.command.goes_through_daemon() {
         return commands::run(cli, home);
+    }
+    // A prompt's status line reads the running daemon's snapshot: one
+    // small file, no round trip, no store.
+    if let cli::Command::Status(cli::StatusArgs { line: true, .. }) = &cli.command {
+        if let Some(doc) = daemon::snapshot::read(home) {
+            let mut out = output::Out::new();
+            out.line(&commands::status_line(&doc))?;
+            out.flush()?;
+            return Ok(exit::OK);
+        }
     }
     if let Some(socket) = daemon::client::discover(home) {
         match daemon::client::proxy(home, &socket, cli.command.reads_stdin())? {

@@ -30,6 +30,8 @@ pub struct Shared {
     pub coordinator: core::Coordinator,
     /// The home.
     pub home: PathBuf,
+    /// Whether the Workspace pane (`GET /pane`) is served.
+    pub pane: bool,
     /// Set when shutdown starts: no new work.
     pub draining: AtomicBool,
     /// Submissions and served commands running now (the local runtime
@@ -139,6 +141,12 @@ pub fn handle(shared: &Shared, stream: &Conn) -> std::io::Result<()> {
         );
     }
     match (req.method.as_str(), path.as_str()) {
+        ("GET", "/pane") if shared.pane => http::respond(
+            stream,
+            200,
+            "text/html; charset=utf-8",
+            super::pane::PAGE.as_bytes(),
+        ),
         ("GET", "/v1/health") => health(shared, stream),
         ("GET", "/v1/readiness") => readiness(shared, stream),
         ("GET", "/v1/status") => status(shared, stream),
@@ -382,6 +390,8 @@ fn submit(shared: &Shared, stream: &Conn, req: &Request) -> std::io::Result<()> 
             }
         }
     }
+    // Before answering: a status line read right after sees the events.
+    super::snapshot::refresh(shared, false);
     let mut body = Vec::new();
     for l in results.into_iter().flatten() {
         body.extend_from_slice(l.to_string().as_bytes());
@@ -537,6 +547,7 @@ fn cli(shared: &Shared, stream: &Conn, req: &Request) -> std::io::Result<()> {
             crate::exit::STORE
         }
     };
+    super::snapshot::refresh(shared, false);
     reply(
         code,
         String::from_utf8_lossy(&captured.stdout).into_owned(),

@@ -10,7 +10,9 @@ pub mod client;
 pub mod http;
 pub mod lanes;
 pub mod notify;
+pub mod pane;
 pub mod replication;
+pub mod snapshot;
 
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
@@ -168,12 +170,20 @@ fn serve(cli: &Cli, home: &Path, a: &DaemonArgs) -> Result<u8, Failure> {
     let lanes = lanes::Lanes::start(store.clone(), core::LaneLimits::default())
         .map_err(|e| fail(format!("cannot start the ingest lanes: {e}")))?;
     let shared = Arc::new(Shared {
+        pane: a.pane,
         coordinator,
         home: home.to_path_buf(),
         draining: AtomicBool::new(false),
         in_flight: Arc::new(AtomicUsize::new(0)),
         lanes,
     });
+    let snapshots = {
+        let shared = shared.clone();
+        std::thread::Builder::new()
+            .name("status-snapshot".into())
+            .spawn(move || snapshot::keep(&shared))
+            .map_err(|e| fail(format!("cannot start the snapshot thread: {e}")))?
+    };
     let stop_accepting = Arc::new(AtomicBool::new(false));
     let active = Arc::new(AtomicUsize::new(0));
     let accept = {
@@ -268,6 +278,8 @@ fn serve(cli: &Cli, home: &Path, a: &DaemonArgs) -> Result<u8, Failure> {
         let _ = std::net::TcpStream::connect(addr);
         let _ = h.join();
     }
+    // The snapshot thread sees the drain flag and removes its file.
+    let _ = snapshots.join();
     remove_own_daemon_file(home);
     let _ = std::fs::remove_file(&socket);
     drop(shared);
@@ -397,6 +409,7 @@ fn startup(shared: &Shared, config: &core::DaemonConfig, device: &str, policy_id
     let moved = |event, details| match c.apply(event, details) {
         Ok(core::MoveOutcome::Moved(_)) => {
             let _ = c.start_ready();
+            snapshot::refresh(shared, false);
             if let Ok(s) = c.state() {
                 notify::notify(&format!("STATUS={}", s.as_str()));
             }
