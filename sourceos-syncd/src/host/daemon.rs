@@ -103,43 +103,55 @@ fn text(v: &Value, k: &str) -> String {
     at(v, k).as_str().unwrap_or_default().to_owned()
 }
 
+/// What the daemon's answer to one submitted line means. A closed gate or
+/// a draining daemon (503), and lane pressure (429 with the line
+/// `deferred`, or the line `shed`), are resource blocks: retry later.
+fn submission_answer(status: u16, body: &[u8]) -> Result<Raw, HostError> {
+    if status == 503 {
+        let v: Value = serde_json::from_slice(body).unwrap_or_default();
+        let lane = match at(&v, "error").as_str() {
+            Some("gate_closed") => "ingest_lanes",
+            Some("draining") => "draining",
+            _ => "unavailable",
+        };
+        return Ok(Raw::Refused { lane: lane.into() });
+    }
+    if status != 200 && status != 429 {
+        return Err(protocol(format!("status {status} for a submission")));
+    }
+    let first = body
+        .split(|b| *b == b'\n')
+        .next()
+        .ok_or_else(|| protocol("empty answer"))?;
+    let v: Value = serde_json::from_slice(first).map_err(protocol)?;
+    let seq = at(&v, "seq").as_u64().unwrap_or(0);
+    Ok(match at(&v, "result").as_str() {
+        Some("appended") => Raw::Appended {
+            seq,
+            hash: text(&v, "hash"),
+        },
+        Some("duplicate") => Raw::Duplicate {
+            seq,
+            hash: text(&v, "hash"),
+        },
+        Some("rejected") => Raw::Rejected(text(&v, "reason")),
+        Some("policy_blocked") => Raw::Blocked {
+            reason: text(&v, "reason"),
+        },
+        Some("deferred") | Some("shed") => Raw::Refused {
+            lane: match at(&v, "lane").as_str() {
+                Some(l) if !l.is_empty() => l.to_owned(),
+                _ => "ingest_lanes".to_owned(),
+            },
+        },
+        other => return Err(protocol(format!("unknown result {other:?}"))),
+    })
+}
+
 impl Transport for DaemonHost {
     fn submit(&self, line: &str) -> Result<Raw, HostError> {
         let a = self.request("POST", "/v1/events", line.as_bytes())?;
-        if a.status == 503 {
-            let v: Value = serde_json::from_slice(&a.body).unwrap_or_default();
-            let lane = match at(&v, "error").as_str() {
-                Some("gate_closed") => "ingest_lanes",
-                Some("draining") => "draining",
-                _ => "unavailable",
-            };
-            return Ok(Raw::Refused { lane: lane.into() });
-        }
-        if a.status != 200 {
-            return Err(protocol(format!("status {} for a submission", a.status)));
-        }
-        let first = a
-            .body
-            .split(|b| *b == b'\n')
-            .next()
-            .ok_or_else(|| protocol("empty answer"))?;
-        let v: Value = serde_json::from_slice(first).map_err(protocol)?;
-        let seq = at(&v, "seq").as_u64().unwrap_or(0);
-        Ok(match at(&v, "result").as_str() {
-            Some("appended") => Raw::Appended {
-                seq,
-                hash: text(&v, "hash"),
-            },
-            Some("duplicate") => Raw::Duplicate {
-                seq,
-                hash: text(&v, "hash"),
-            },
-            Some("rejected") => Raw::Rejected(text(&v, "reason")),
-            Some("policy_blocked") => Raw::Blocked {
-                reason: text(&v, "reason"),
-            },
-            other => return Err(protocol(format!("unknown result {other:?}"))),
-        })
+        submission_answer(a.status, &a.body)
     }
 
     fn explain(&self, object: &str) -> Result<Option<Value>, HostError> {
@@ -196,5 +208,38 @@ impl Host for DaemonHost {
     fn capabilities(&self) -> Result<Value, HostError> {
         self.command(&["capabilities", "--json"])?
             .ok_or_else(|| protocol("capabilities failed in the daemon"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lane_pressure_and_closed_gates_are_resource_blocks() {
+        let refused = |status, body: &str| match submission_answer(status, body.as_bytes()) {
+            Ok(Raw::Refused { lane }) => lane,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            refused(
+                429,
+                r#"{"line":1,"result":"deferred","lane":"data","retry_after_ms":250}"#
+            ),
+            "data"
+        );
+        assert_eq!(
+            refused(200, r#"{"line":1,"result":"shed","lane":"telemetry"}"#),
+            "telemetry"
+        );
+        assert_eq!(refused(503, r#"{"error":"gate_closed"}"#), "ingest_lanes");
+        assert_eq!(refused(503, r#"{"error":"draining"}"#), "draining");
+        assert!(matches!(
+            submission_answer(200, br#"{"line":1,"result":"appended","seq":3,"hash":"h"}"#),
+            Ok(Raw::Appended { seq: 3, .. })
+        ));
+        assert!(submission_answer(500, b"").is_err());
+        assert!(submission_answer(200, b"not json").is_err());
+        assert!(submission_answer(200, br#"{"result":"odd"}"#).is_err());
     }
 }

@@ -15,6 +15,7 @@ pub(crate) fn at<'a>(v: &'a Value, k: &str) -> &'a Value {
 }
 
 /// One line's answer, before it is interpreted.
+#[derive(Debug)]
 pub(crate) enum Raw {
     /// Recorded.
     Appended { seq: u64, hash: String },
