@@ -325,6 +325,44 @@ mod tests {
     }
 
     #[test]
+    fn the_lanes_panel_shows_pressure_when_status_has_it() {
+        let mut s = status();
+        let lane = |lane, depth, shed| core::LaneView {
+            lane,
+            depth_events: depth,
+            capacity_events: 4_096,
+            high_watermark_events: 4_096,
+            counters: core::LaneCounters {
+                shed_events: shed,
+                ..core::LaneCounters::default()
+            },
+        };
+        s.lanes = Some(core::LaneStatus {
+            lanes: vec![
+                lane(core::Lane::Control, 2, 0),
+                lane(core::Lane::Telemetry, 9, 5),
+            ],
+            data_pressure_watermark_events: 4_096,
+            shed_episodes: 1,
+            shedding: true,
+        });
+        let d = Dashboard {
+            status: Some(s),
+            link: Link::Connected,
+            ..Dashboard::default()
+        };
+        let text = render_text(&d, 120, 48).unwrap();
+        for want in [
+            "ingest_lanes started",
+            "control 2/4096  telemetry 9/4096",
+            "shed 5 deferred 0 (shedding now)",
+        ] {
+            assert!(text.contains(want), "{want}\n{text}");
+        }
+        assert!(!text.contains("pressure n/a"), "{text}");
+    }
+
+    #[test]
     fn every_panel_is_rendered_with_what_status_and_the_stream_say() {
         let mut d = Dashboard {
             status: Some(status()),

@@ -1,6 +1,6 @@
 //! Drawing the dashboard: three rows of panels and a footer. Only what
 //! the status document and the stream say is shown; what neither exposes
-//! reads `n/a`.
+//! reads `n/a` (lane pressure: when the status has no `lanes` block).
 
 use ratatui::layout::{Constraint, Direction, Layout, Rect};
 use ratatui::style::{Modifier, Style};
@@ -60,7 +60,34 @@ fn lines(d: &Dashboard, p: Panel) -> Vec<Line<'static>> {
                         Line::from(format!("{l} {state}"))
                     })
                     .collect();
-                v.push(Line::from("pressure n/a"));
+                match &s.lanes {
+                    // Three rows: the lanes' state, their depths, and what
+                    // pressure has cost so far.
+                    Some(l) => {
+                        v.truncate(1);
+                        let depths: Vec<String> = l
+                            .lanes
+                            .iter()
+                            .map(|x| {
+                                format!(
+                                    "{} {}/{}",
+                                    x.lane.as_str(),
+                                    x.depth_events,
+                                    x.capacity_events
+                                )
+                            })
+                            .collect();
+                        v.push(Line::from(depths.join("  ")));
+                        let shed: u64 = l.lanes.iter().map(|x| x.counters.shed_events).sum();
+                        let deferred: u64 =
+                            l.lanes.iter().map(|x| x.counters.deferred_events).sum();
+                        v.push(Line::from(format!(
+                            "shed {shed} deferred {deferred}{}",
+                            if l.shedding { " (shedding now)" } else { "" }
+                        )));
+                    }
+                    None => v.push(Line::from("pressure n/a")),
+                }
                 v
             }
             None => na(),
