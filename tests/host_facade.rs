@@ -47,6 +47,16 @@ fn prepared_home() -> Home {
     let home = Home::new();
     let out = home.ingest(&SETUP.map(str::to_owned));
     assert_eq!(out.status.code(), Some(0), "{}", support::stderr(&out));
+    // A session nobody opened, whose orphan queue is full (256 events).
+    let waiting: Vec<String> = (0..256)
+        .map(|i| {
+            json!({"kind": "note.added", "actor": "actor:agent-one",
+                "session": "urn:srcos:session:never-opened", "payload": {"n": i}})
+            .to_string()
+        })
+        .collect();
+    let out = home.ingest(&waiting);
+    assert_eq!(out.status.code(), Some(0), "{}", support::stderr(&out));
     std::fs::write(home.path().join("policy.toml"), POLICY).unwrap();
     home
 }
@@ -235,6 +245,28 @@ fn contract(s: &Subject<'_>) {
         Outcome::Duplicate { .. }
     ));
 
+    // One more event for a session whose orphan queue is full is
+    // quarantined at once, with the decision that did it.
+    s.expect(Outcome::Quarantined {
+        decision_id: "urn:srcos:decision:orphan-queue-full:0".into(),
+    });
+    let mut late = EventRequest::new(
+        "note.added",
+        "actor:agent-one",
+        None,
+        "k-late",
+        json!({"n": "one too many"}),
+    )
+    .unwrap();
+    late.session = Some(sourceos_syncd::SessionRef::new("urn:srcos:session:never-opened").unwrap());
+    match h.submit_event(&late).unwrap() {
+        Outcome::Quarantined { decision_id } => assert!(
+            decision_id.starts_with("urn:srcos:decision:orphan-queue-full:"),
+            "{decision_id}"
+        ),
+        other => panic!("expected quarantined, got {other:?}"),
+    }
+
     // Queries.
     assert_eq!(h.explain("object:never-seen").unwrap(), None);
     let status = h.status().unwrap();
@@ -292,7 +324,7 @@ fn scripted_fake_keeps_the_contract_and_records_every_request() {
     assert!(requests
         .iter()
         .any(|r| matches!(r, HostRequest::CancelTurn(t) if t.reason.is_some())));
-    assert_eq!(requests.len(), 18);
+    assert_eq!(requests.len(), 19);
 }
 
 #[test]

@@ -171,6 +171,16 @@ impl Transport for DaemonHost {
     fn txn(&self, id: &str) -> Result<Option<Value>, HostError> {
         self.command(&["txn", "show", id])
     }
+
+    fn session_known(&self, session: &str) -> Result<bool, HostError> {
+        Ok(self.command(&["session", session, "--json"])?.is_some())
+    }
+
+    fn orphans(&self) -> Result<Value, HostError> {
+        Ok(self
+            .command(&["orphans", "--json"])?
+            .unwrap_or(Value::Array(Vec::new())))
+    }
 }
 
 impl Host for DaemonHost {

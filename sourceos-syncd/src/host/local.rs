@@ -58,6 +58,24 @@ impl Transport for LocalHost {
         x.map(|x| serde_json::to_value(x).map_err(|e| HostError::Protocol(e.to_string())))
             .transpose()
     }
+
+    fn session_known(&self, session: &str) -> Result<bool, HostError> {
+        Ok(crate::session_dag::session(&self.store, session)
+            .map_err(HostError::Projection)?
+            .is_some())
+    }
+
+    fn orphans(&self) -> Result<Value, HostError> {
+        // The TTL only shapes a queued orphan's expiry; quarantine is read
+        // from the log's decisions.
+        let ttl = crate::session_dag::OrphanConfig::load(self.store.home())
+            .map(|c| c.ttl_seconds)
+            .unwrap_or(crate::session_dag::DEFAULT_ORPHAN_TTL_SECONDS);
+        let list = crate::session_dag::orphans(&self.store, ttl, self.store.now())
+            .map_err(HostError::Projection)?;
+        let receipts: Vec<_> = list.into_iter().map(|o| o.receipt).collect();
+        serde_json::to_value(receipts).map_err(|e| HostError::Protocol(e.to_string()))
+    }
 }
 
 impl Host for LocalHost {

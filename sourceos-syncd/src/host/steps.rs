@@ -37,6 +37,27 @@ pub(crate) trait Transport {
     fn explain(&self, object: &str) -> Result<Option<Value>, HostError>;
     /// `syncd txn show` of a transaction.
     fn txn(&self, id: &str) -> Result<Option<Value>, HostError>;
+    /// Whether a session (`urn:srcos:session:<id>`) has been opened.
+    fn session_known(&self, session: &str) -> Result<bool, HostError>;
+    /// `syncd orphans --json`: the orphan receipts.
+    fn orphans(&self) -> Result<Value, HostError>;
+}
+
+/// The quarantine decision about the event with `hash`, when it was held
+/// as an orphan and quarantined at once (its session's queue was full).
+fn quarantined(t: &impl Transport, hash: &str) -> Result<Option<String>, HostError> {
+    let receipts = t.orphans()?;
+    let hit = receipts.as_array().and_then(|rs| {
+        rs.iter().find(|r| {
+            at(at(r, "sessionResolution"), "state").as_str() == Some("quarantined")
+                && at(r, "evidenceRefs")
+                    .as_array()
+                    .is_some_and(|e| e.iter().any(|x| x.as_str() == Some(hash)))
+        })
+    });
+    Ok(hit
+        .and_then(|r| at(r, "policyDecisionRef").as_str())
+        .map(str::to_owned))
 }
 
 fn failed(e: &InvalidInput) -> Outcome {
@@ -98,6 +119,15 @@ fn refine(
             }
         }
         _ => {}
+    }
+    // An event naming a session syncd has not seen is held as an orphan;
+    // when that session's queue is full it is quarantined at once.
+    if let Some(session) = &req.session {
+        if !t.session_known(session.as_str())? {
+            if let Some(decision_id) = quarantined(t, &hash)? {
+                return Ok(Outcome::Quarantined { decision_id });
+            }
+        }
     }
     Ok(Outcome::Completed { seq, hash })
 }
