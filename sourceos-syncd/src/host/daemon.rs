@@ -11,8 +11,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use super::inputs::{EventRequest, SessionRequest, SurfaceVersion, TurnRequest, TxnRequest};
-use super::outcome::Outcome;
+use super::inputs::SurfaceVersion;
 use super::steps::{self, at, Raw, Transport};
 use super::{Host, HostError};
 use crate::status::StatusDocument;
@@ -184,27 +183,7 @@ impl Transport for DaemonHost {
 }
 
 impl Host for DaemonHost {
-    fn submit_event(&self, r: &EventRequest) -> Result<Outcome, HostError> {
-        steps::submit_event(self, r)
-    }
-    fn submit_transaction(&self, r: &TxnRequest) -> Result<Outcome, HostError> {
-        steps::submit_transaction(self, r)
-    }
-    fn open_session(&self, r: &SessionRequest) -> Result<Outcome, HostError> {
-        steps::session(self, r, crate::session::SESSION_OPENED)
-    }
-    fn close_session(&self, r: &SessionRequest) -> Result<Outcome, HostError> {
-        steps::session(self, r, crate::session::SESSION_CLOSED)
-    }
-    fn open_turn(&self, r: &TurnRequest) -> Result<Outcome, HostError> {
-        steps::turn(self, r, steps::OPEN_TURN)
-    }
-    fn close_turn(&self, r: &TurnRequest) -> Result<Outcome, HostError> {
-        steps::turn(self, r, steps::CLOSE_TURN)
-    }
-    fn cancel_turn(&self, r: &TurnRequest) -> Result<Outcome, HostError> {
-        steps::turn(self, r, steps::CANCEL_TURN)
-    }
+    steps::transport_requests!();
     fn status(&self) -> Result<StatusDocument, HostError> {
         let (status, v) = self.json("GET", "/v1/status", &[])?;
         if status != 200 {

@@ -2,8 +2,7 @@
 
 use serde_json::Value;
 
-use super::inputs::{EventRequest, SessionRequest, SurfaceVersion, TurnRequest, TxnRequest};
-use super::outcome::Outcome;
+use super::inputs::SurfaceVersion;
 use super::steps::{self, Raw, Transport};
 use super::{Host, HostError};
 use crate::status::StatusDocument;
@@ -79,27 +78,7 @@ impl Transport for LocalHost {
 }
 
 impl Host for LocalHost {
-    fn submit_event(&self, r: &EventRequest) -> Result<Outcome, HostError> {
-        steps::submit_event(self, r)
-    }
-    fn submit_transaction(&self, r: &TxnRequest) -> Result<Outcome, HostError> {
-        steps::submit_transaction(self, r)
-    }
-    fn open_session(&self, r: &SessionRequest) -> Result<Outcome, HostError> {
-        steps::session(self, r, crate::session::SESSION_OPENED)
-    }
-    fn close_session(&self, r: &SessionRequest) -> Result<Outcome, HostError> {
-        steps::session(self, r, crate::session::SESSION_CLOSED)
-    }
-    fn open_turn(&self, r: &TurnRequest) -> Result<Outcome, HostError> {
-        steps::turn(self, r, steps::OPEN_TURN)
-    }
-    fn close_turn(&self, r: &TurnRequest) -> Result<Outcome, HostError> {
-        steps::turn(self, r, steps::CLOSE_TURN)
-    }
-    fn cancel_turn(&self, r: &TurnRequest) -> Result<Outcome, HostError> {
-        steps::turn(self, r, steps::CANCEL_TURN)
-    }
+    steps::transport_requests!();
     fn status(&self) -> Result<StatusDocument, HostError> {
         crate::status::status(&self.store).map_err(HostError::Status)
     }

@@ -199,3 +199,53 @@ pub(crate) const OPEN_TURN: &[&str] = &["turn.admitted", "turn.opened", "turn.ac
 pub(crate) const CLOSE_TURN: &[&str] = &["turn.committed", "turn.closed"];
 /// Turn cancelling: aborted, closed.
 pub(crate) const CANCEL_TURN: &[&str] = &["turn.aborted", "turn.closed"];
+
+/// The `Host` methods that a [`Transport`] implements alike (requests that
+/// become events); each implementation adds its own queries.
+macro_rules! transport_requests {
+    () => {
+        fn submit_event(
+            &self,
+            r: &super::inputs::EventRequest,
+        ) -> Result<super::outcome::Outcome, super::HostError> {
+            super::steps::submit_event(self, r)
+        }
+        fn submit_transaction(
+            &self,
+            r: &super::inputs::TxnRequest,
+        ) -> Result<super::outcome::Outcome, super::HostError> {
+            super::steps::submit_transaction(self, r)
+        }
+        fn open_session(
+            &self,
+            r: &super::inputs::SessionRequest,
+        ) -> Result<super::outcome::Outcome, super::HostError> {
+            super::steps::session(self, r, crate::session::SESSION_OPENED)
+        }
+        fn close_session(
+            &self,
+            r: &super::inputs::SessionRequest,
+        ) -> Result<super::outcome::Outcome, super::HostError> {
+            super::steps::session(self, r, crate::session::SESSION_CLOSED)
+        }
+        fn open_turn(
+            &self,
+            r: &super::inputs::TurnRequest,
+        ) -> Result<super::outcome::Outcome, super::HostError> {
+            super::steps::turn(self, r, super::steps::OPEN_TURN)
+        }
+        fn close_turn(
+            &self,
+            r: &super::inputs::TurnRequest,
+        ) -> Result<super::outcome::Outcome, super::HostError> {
+            super::steps::turn(self, r, super::steps::CLOSE_TURN)
+        }
+        fn cancel_turn(
+            &self,
+            r: &super::inputs::TurnRequest,
+        ) -> Result<super::outcome::Outcome, super::HostError> {
+            super::steps::turn(self, r, super::steps::CANCEL_TURN)
+        }
+    };
+}
+pub(crate) use transport_requests;

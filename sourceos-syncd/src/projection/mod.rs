@@ -269,6 +269,39 @@ impl Staging {
         self.dirty.insert(key, Some(payload));
     }
 
+    /// A record stored as CBOR (`what` names its type in errors), decoded.
+    /// One that does not decode is damage, reported with the tree and key.
+    pub(crate) fn get_cbor<T: serde::de::DeserializeOwned>(
+        &self,
+        key: &[u8],
+        what: &'static str,
+    ) -> Result<Option<T>, ProjectionError> {
+        self.with_record(key, |b| {
+            b.map(|b| crate::codec::decode(what, b)).transpose()
+        })?
+        .map_err(|e| ProjectionError::Damaged {
+            tree: self.tree_name.clone(),
+            key: key_hex(key),
+            reason: e.to_string(),
+        })
+    }
+
+    /// Stages a record as CBOR.
+    pub(crate) fn put_cbor<T: serde::Serialize>(
+        &mut self,
+        key: Vec<u8>,
+        what: &'static str,
+        value: &T,
+    ) -> Result<(), ProjectionError> {
+        let bytes = crate::codec::encode(what, value).map_err(|e| ProjectionError::Damaged {
+            tree: self.tree_name.clone(),
+            key: key_hex(&key),
+            reason: e.to_string(),
+        })?;
+        self.put(key, bytes);
+        Ok(())
+    }
+
     /// Every record of the projection (base merged with staged writes).
     /// Only for projections whose size does not grow with the log.
     pub(crate) fn scan_all(&self) -> Result<BTreeMap<Vec<u8>, Vec<u8>>, ProjectionError> {

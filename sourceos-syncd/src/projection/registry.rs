@@ -266,17 +266,11 @@ fn get<T: serde::de::DeserializeOwned>(
     state: &Staging,
     k: &[u8],
 ) -> Result<Option<T>, ProjectionError> {
-    state
-        .with_record(k, |b| {
-            b.map(|b| codec::decode("registry record", b)).transpose()
-        })?
-        .map_err(bad)
+    state.get_cbor(k, "registry record")
 }
 
 fn put<T: Serialize>(state: &mut Staging, k: Vec<u8>, v: &T) -> Result<(), ProjectionError> {
-    let bytes = codec::encode("registry record", v).map_err(bad)?;
-    state.put(k, bytes);
-    Ok(())
+    state.put_cbor(k, "registry record", v)
 }
 
 /// The version an event produces.

@@ -319,17 +319,11 @@ fn get<T: serde::de::DeserializeOwned>(
     state: &Staging,
     k: &[u8],
 ) -> Result<Option<T>, ProjectionError> {
-    state
-        .with_record(k, |b| {
-            b.map(|b| codec::decode("session record", b)).transpose()
-        })?
-        .map_err(bad)
+    state.get_cbor(k, "session record")
 }
 
 fn put<T: Serialize>(state: &mut Staging, k: Vec<u8>, v: &T) -> Result<(), ProjectionError> {
-    let bytes = codec::encode("session record", v).map_err(bad)?;
-    state.put(k, bytes);
-    Ok(())
+    state.put_cbor(k, "session record", v)
 }
 
 fn remove(state: &mut Staging, k: &[u8]) -> Result<(), ProjectionError> {
