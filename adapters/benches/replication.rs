@@ -112,8 +112,160 @@ fn draft(i: usize) -> EventDraft {
     d
 }
 
+/// CPU time used so far by a process (user + system), from `/proc`.
+fn cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The fields after the command name (which is in parentheses and may
+    // hold spaces); utime and stime are the 12th and 13th of them.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<u64> = rest
+        .split_whitespace()
+        .map(|x| x.parse().unwrap_or(0))
+        .collect();
+    let ticks = f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0);
+    // Clock ticks are 1/100 s on Linux.
+    Duration::from_millis(ticks * 10)
+}
+
+/// Wall time and CPU time (this process and the server) of a phase.
+struct Phase {
+    wall: Duration,
+    cpu_us_per_event: f64,
+}
+
+fn measure<T>(n: usize, server: &Server, f: impl FnOnce() -> T) -> (Phase, T) {
+    let me = std::process::id();
+    let cpu0 = cpu_time(me) + cpu_time(server.child.id());
+    let started = Instant::now();
+    let out = f();
+    let wall = started.elapsed();
+    let cpu = (cpu_time(me) + cpu_time(server.child.id())).saturating_sub(cpu0);
+    let phase = Phase {
+        wall,
+        cpu_us_per_event: cpu.as_secs_f64() * 1e6 / n.max(1) as f64,
+    };
+    (phase, out)
+}
+
 fn rate(n: usize, d: Duration) -> f64 {
     n as f64 / d.as_secs_f64()
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn config_for(server: &Server) -> ReplicationConfig {
+    let mut config = ReplicationConfig::default();
+    config
+        .set_servers(vec![format!("nats://127.0.0.1:{}", server.port)])
+        .unwrap();
+    config.enabled = true;
+    config
+}
+
+/// Publishes the whole log of `a`; returns when the stream holds it.
+fn publish_all(a: &Store, config: &ReplicationConfig, n: usize) {
+    runtime().block_on(async {
+        let r = Replicator::connect(a.clone(), config).await.unwrap();
+        let p = r.publish(None).await.unwrap();
+        assert_eq!(p.confirmed_seq as usize, n);
+    });
+}
+
+/// Receives until `b` has appended `n` events.
+fn receive_all(b: &Store, config: &ReplicationConfig, n: usize) {
+    runtime().block_on(async {
+        let r = Replicator::connect(b.clone(), config).await.unwrap();
+        let mut applied = 0u64;
+        while (applied as usize) < n {
+            for p in r.receive().await.unwrap() {
+                assert!(p.refused.is_empty(), "{:?}", p.refused);
+                applied += p.appended;
+            }
+        }
+        assert_eq!(applied as usize, n, "every event must arrive");
+    });
+}
+
+/// Bare JetStream on the same server: publish the same bytes with
+/// acknowledgements (same number in flight), then consume them.
+fn bare(server: &Server, payloads: &[Vec<u8>]) -> (Phase, Phase) {
+    let n = payloads.len();
+    let rt = runtime();
+    let _entered = rt.enter();
+    let client = rt
+        .block_on(async_nats::connect(format!(
+            "nats://127.0.0.1:{}",
+            server.port
+        )))
+        .unwrap();
+    let js = jetstream::new(client);
+    let s = rt
+        .block_on(js.get_or_create_stream(stream::Config {
+            name: "BARE".into(),
+            subjects: vec!["bare.>".into()],
+            storage: stream::StorageType::File,
+            ..Default::default()
+        }))
+        .unwrap();
+    let (publish, ()) = measure(n, server, || {
+        rt.block_on(async {
+            let mut in_flight = std::collections::VecDeque::new();
+            for (i, p) in payloads.iter().enumerate() {
+                if in_flight.len() >= MAX_IN_FLIGHT {
+                    let ack: jetstream::context::PublishAckFuture = in_flight.pop_front().unwrap();
+                    ack.await.unwrap();
+                }
+                let mut h = async_nats::HeaderMap::new();
+                h.insert("Nats-Msg-Id", format!("bare-{i}").as_str());
+                in_flight.push_back(
+                    js.publish_with_headers("bare.dev", h, p.clone().into())
+                        .await
+                        .unwrap(),
+                );
+            }
+            while let Some(ack) = in_flight.pop_front() {
+                ack.await.unwrap();
+            }
+        })
+    });
+    let c: consumer::Consumer<consumer::pull::Config> = rt
+        .block_on(s.get_or_create_consumer(
+            "bare",
+            consumer::pull::Config {
+                durable_name: Some("bare".into()),
+                ack_policy: consumer::AckPolicy::All,
+                ..Default::default()
+            },
+        ))
+        .unwrap();
+    let (consume, ()) = measure(n, server, || {
+        rt.block_on(async {
+            let mut got = 0;
+            while got < n {
+                let mut batch = c
+                    .fetch()
+                    .max_messages(256)
+                    .expires(Duration::from_millis(300))
+                    .messages()
+                    .await
+                    .unwrap();
+                let mut last = None;
+                while let Some(m) = batch.next().await {
+                    got += 1;
+                    last = Some(m.unwrap());
+                }
+                if let Some(m) = last {
+                    m.double_ack().await.unwrap();
+                }
+            }
+        })
+    });
+    (publish, consume)
 }
 
 fn main() {
@@ -121,11 +273,8 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(100_000);
-    let server = start_server();
-    let url = format!("nats://127.0.0.1:{}", server.port);
-    let dirs = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let a = new_store(dirs.0.path(), "device:a");
-    let b = new_store(dirs.1.path(), "device:b");
+    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let a = new_store(dirs[0].path(), "device:a");
     let mut i = 0;
     while i < n {
         let k = BATCH_EVENTS.min(n - i);
@@ -142,137 +291,65 @@ fn main() {
         }
     }
     let bytes: usize = payloads.iter().map(Vec::len).sum();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
 
-    // Bare JetStream: publish with acknowledgements, then consume.
-    let (bare_pub, bare_sub) = rt.block_on(async {
-        let client = async_nats::connect(&url).await.unwrap();
-        let js = jetstream::new(client);
-        let s = js
-            .get_or_create_stream(stream::Config {
-                name: "BARE".into(),
-                subjects: vec!["bare.>".into()],
-                storage: stream::StorageType::File,
-                ..Default::default()
-            })
-            .await
-            .unwrap();
-        let started = Instant::now();
-        let mut in_flight = std::collections::VecDeque::new();
-        for (i, p) in payloads.iter().enumerate() {
-            if in_flight.len() >= MAX_IN_FLIGHT {
-                let ack: jetstream::context::PublishAckFuture = in_flight.pop_front().unwrap();
-                ack.await.unwrap();
-            }
-            let mut h = async_nats::HeaderMap::new();
-            h.insert("Nats-Msg-Id", format!("bare-{i}").as_str());
-            in_flight.push_back(
-                js.publish_with_headers("bare.dev", h, p.clone().into())
-                    .await
-                    .unwrap(),
-            );
-        }
-        while let Some(ack) = in_flight.pop_front() {
-            ack.await.unwrap();
-        }
-        let publish = started.elapsed();
-        let c: consumer::Consumer<consumer::pull::Config> = s
-            .get_or_create_consumer(
-                "bare",
-                consumer::pull::Config {
-                    durable_name: Some("bare".into()),
-                    ack_policy: consumer::AckPolicy::All,
-                    ..Default::default()
-                },
-            )
-            .await
-            .unwrap();
-        let started = Instant::now();
-        let mut got = 0;
-        while got < n {
-            let mut batch = c
-                .fetch()
-                .max_messages(256)
-                .expires(Duration::from_millis(300))
-                .messages()
-                .await
-                .unwrap();
-            let mut last = None;
-            while let Some(m) = batch.next().await {
-                got += 1;
-                last = Some(m.unwrap());
-            }
-            if let Some(m) = last {
-                m.double_ack().await.unwrap();
-            }
-        }
-        (publish, started.elapsed())
-    });
+    let server = start_server();
+    let (bare_pub, bare_sub) = bare(&server, &payloads);
+    drop(payloads);
 
-    // Ours: A publishes its whole log while B, on its own thread as a
-    // second daemon would, receives and verifies all of it. The time is
-    // from the start until B holds every event durably.
-    let mut config = ReplicationConfig::default();
-    config.set_servers(vec![url.clone()]).unwrap();
-    config.enabled = true;
-    let started = Instant::now();
-    let publisher = {
-        let (a, config) = (a.clone(), config.clone());
-        std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async {
-                let ra = Replicator::connect(a, &config).await.unwrap();
-                let p = ra.publish(None).await.unwrap();
-                assert_eq!(p.confirmed_seq as usize, n);
-            });
-            started.elapsed()
-        })
-    };
-    let applied = rt.block_on(async {
-        let rb = Replicator::connect(b.clone(), &config).await.unwrap();
-        let mut applied = 0u64;
-        while (applied as usize) < n {
-            for r in rb.receive().await.unwrap() {
-                applied += r.appended;
-            }
-        }
-        applied
+    // Catch-up end to end: A publishes its whole log while B, on its own
+    // thread as a second daemon would, receives and verifies all of it.
+    // The time is from the start until B holds every event durably.
+    let config = config_for(&server);
+    let b = new_store(dirs[1].path(), "device:b");
+    let (e2e, ()) = measure(n, &server, || {
+        let publisher = {
+            let (a, config) = (a.clone(), config.clone());
+            std::thread::spawn(move || publish_all(&a, &config, n))
+        };
+        receive_all(&b, &config, n);
+        publisher.join().unwrap();
     });
-    let ours_end_to_end_time = started.elapsed();
-    assert_eq!(applied as usize, n, "every event must arrive");
-    let ours_pub = publisher.join().unwrap();
-    a.close().unwrap();
     b.close().unwrap();
+    drop(server);
 
-    let bare_pub_rate = rate(n, bare_pub);
-    let bare_sub_rate = rate(n, bare_sub);
-    let bare_end_to_end = rate(n, bare_pub + bare_sub);
-    let ours_pub_rate = rate(n, ours_pub);
-    let ours_end_to_end = rate(n, ours_end_to_end_time);
+    // Each side alone, on a second server: where the time goes.
+    let server = start_server();
+    let config = config_for(&server);
+    let (ours_pub, ()) = measure(n, &server, || publish_all(&a, &config, n));
+    let c = new_store(dirs[2].path(), "device:c");
+    let (ours_sub, ()) = measure(n, &server, || receive_all(&c, &config, n));
+    a.close().unwrap();
+    c.close().unwrap();
+
+    let bare_pub_rate = rate(n, bare_pub.wall);
+    let row = |what: &str, base: &Phase, ours: &Phase| {
+        let (b, o) = (rate(n, base.wall), rate(n, ours.wall));
+        println!(
+            "| {what} | {b:.0} | {o:.0} | {:.2} | {:.1} | {:.1} | (report) |",
+            o / b,
+            base.cpu_us_per_event,
+            ours.cpu_us_per_event
+        );
+    };
     println!("# replication catch-up (cargo bench -p sourceos-syncd-adapters --bench replication)");
     println!(
         "# {n} events, {} B/event on average, one local nats-server, {MAX_IN_FLIGHT} publications in flight",
         bytes / n.max(1)
     );
-    println!("| measure | bare JetStream (baseline) | sourceos-syncd | ratio | target |");
-    println!("|---|---|---|---|---|");
-    println!(
-        "| publish, events/s | {bare_pub_rate:.0} | {ours_pub_rate:.0} | {:.2} | (report) |",
-        ours_pub_rate / bare_pub_rate
+    println!("# CPU: this process and the server, user + system, per event");
+    println!("| measure, events/s | bare JetStream (baseline) | sourceos-syncd | ratio | bare CPU us/event | our CPU us/event | target |");
+    println!("|---|---|---|---|---|---|---|");
+    row("publish alone", &bare_pub, &ours_pub);
+    row(
+        "consume alone (ours: verify and append durably)",
+        &bare_sub,
+        &ours_sub,
     );
+    let e2e_rate = rate(n, e2e.wall);
     println!(
-        "| catch-up end to end (ours: publish and receive concurrently, until all durable at B), events/s | {bare_end_to_end:.0} (publish then consume) | {ours_end_to_end:.0} | {:.2} | (report) |",
-        ours_end_to_end / bare_end_to_end
-    );
-    println!("| bare consume, events/s | {bare_sub_rate:.0} | | | (report) |");
-    println!(
-        "| end to end vs bare publish rate | {bare_pub_rate:.0} | {ours_end_to_end:.0} | {:.2} | >= 0.40 |",
-        ours_end_to_end / bare_pub_rate
+        "| **catch-up end to end** (ours: publish and receive concurrently until all durable at the receiver) vs bare publish | {bare_pub_rate:.0} | {e2e_rate:.0} | {:.2} | {:.1} | {:.1} | >= 0.40 |",
+        e2e_rate / bare_pub_rate,
+        bare_pub.cpu_us_per_event,
+        e2e.cpu_us_per_event
     );
 }

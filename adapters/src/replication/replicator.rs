@@ -30,8 +30,16 @@ pub const MAX_PENDING: usize = 1_024;
 pub const PUBLISH_CHUNK_EVENTS: usize = 256;
 /// Publications awaiting their acknowledgement at most.
 pub const MAX_IN_FLIGHT: usize = 256;
-/// Messages fetched from a consumer per request.
+/// Messages fetched from a consumer per request. One request is
+/// outstanding at a time (two would share the messages between their
+/// inboxes out of order), so with a full pending batch and one
+/// committing, at most `FETCH_BATCH + 2 * MAX_PENDING` messages are
+/// delivered and not yet acknowledged: below the consumer's
+/// `max_ack_pending`.
 pub const FETCH_BATCH: usize = 1_024;
+/// Messages a consumer delivers without acknowledgement at most (the
+/// value consumers were created with from the start).
+const MAX_ACK_PENDING: i64 = 4_096;
 /// Positions one call to [`Replicator::receive`] applies per peer at most.
 pub const MAX_RECEIVE_PER_PEER: usize = 100_000;
 /// Stream messages examined when refilling a gap.
@@ -443,7 +451,7 @@ impl Replicator {
                     filter_subject: subject.clone(),
                     ack_policy: consumer::AckPolicy::All,
                     ack_wait: Duration::from_millis(ACK_WAIT_MS),
-                    max_ack_pending: i64::try_from(FETCH_BATCH * 4).unwrap_or(1024),
+                    max_ack_pending: MAX_ACK_PENDING,
                     ..Default::default()
                 },
             )
@@ -478,6 +486,10 @@ impl Replicator {
         };
         let mut applied = 0usize;
         let mut pending = Pending::new(anchor, floor);
+        // One group commit runs on a blocking thread while the next
+        // positions are fetched and verified: the fsync of one batch
+        // overlaps the network and hashing work of the next.
+        let mut committing: Option<Commit> = None;
         'fetch: while applied < MAX_RECEIVE_PER_PEER {
             let mut batch = consumer
                 .fetch()
@@ -535,21 +547,44 @@ impl Replicator {
                     }
                 }
                 if pending.len() >= MAX_PENDING {
-                    let (n, stopped) = self.flush(&mut pending, &mut report).await?;
+                    let (n, stopped) = self
+                        .settle(&mut committing, &mut pending, &mut report, false)
+                        .await?;
                     applied += n;
                     if stopped {
                         break 'fetch;
                     }
+                    committing = self.start_commit(&mut pending);
                 }
             }
-            let (n, stopped) = self.flush(&mut pending, &mut report).await?;
-            applied += n;
-            if stopped || got == 0 {
+            if got == 0 {
                 break;
             }
+            // Between fetches: start committing what is verified unless a
+            // commit is still running (then keep fetching, up to
+            // MAX_PENDING more).
+            if committing.as_ref().is_some_and(Commit::is_finished) || committing.is_none() {
+                let (n, stopped) = self
+                    .settle(&mut committing, &mut pending, &mut report, false)
+                    .await?;
+                applied += n;
+                if stopped {
+                    break;
+                }
+                committing = self.start_commit(&mut pending);
+            }
         }
-        // Whatever was verified before stopping is made durable too.
-        let (_, _) = self.flush(&mut pending, &mut report).await?;
+        // Whatever was verified before stopping is made durable too, and
+        // the last acknowledgement of the pass is confirmed by the server.
+        let (_, stopped) = self
+            .settle(&mut committing, &mut pending, &mut report, false)
+            .await?;
+        if !stopped {
+            committing = self.start_commit(&mut pending);
+            let (_, _) = self
+                .settle(&mut committing, &mut pending, &mut report, true)
+                .await?;
+        }
         report.stream_head = self.stream_head(peer).await?.map_or(0, |p| p.seq);
         // Positions delivered to an earlier, interrupted pass are not
         // delivered again until their acknowledgement times out: read
@@ -567,7 +602,10 @@ impl Replicator {
                 .fill(&subject, peer, &mut pending, until, &mut report)
                 .await?
             {
-                let (_, _) = self.flush(&mut pending, &mut report).await?;
+                let mut commit = self.start_commit(&mut pending);
+                let (_, _) = self
+                    .settle(&mut commit, &mut pending, &mut report, true)
+                    .await?;
             }
         }
         report.applied_through = pending.tip().seq;
@@ -602,39 +640,68 @@ impl Replicator {
         wire::verify_event(p, peer, payload).map_err(|e| e.to_string())
     }
 
-    /// Makes the pending positions durable here in one group commit, then
-    /// acknowledges the last message among them (and with it every one
-    /// before). An event the store refuses (its origin slot holds another
-    /// hash) stops the chain there: what follows it stays pending on the
-    /// server. Returns the positions applied and whether it stopped.
-    async fn flush(
-        &self,
-        pending: &mut Pending,
-        report: &mut PeerReport,
-    ) -> Result<(usize, bool), ReplicationError> {
+    /// Hands the pending positions to a blocking thread that makes their
+    /// events durable here in one group commit. `None` when nothing is
+    /// pending.
+    fn start_commit(&self, pending: &mut Pending) -> Option<Commit> {
         if pending.items.is_empty() {
-            return Ok((0, false));
+            return None;
         }
-        let items = std::mem::take(&mut pending.items);
-        let mut envelopes = Vec::new();
-        for item in &items {
-            if let Some(env) = &item.env {
-                envelopes.push(env.clone());
+        // Two buffers of MAX_PENDING items take turns: allocating one
+        // (hundreds of KiB) per commit costs the allocator more than the
+        // commit's own work.
+        let spare = pending
+            .spare
+            .take()
+            .unwrap_or_else(|| Vec::with_capacity(MAX_PENDING));
+        let mut items = std::mem::replace(&mut pending.items, spare);
+        let mut envelopes = Vec::with_capacity(items.len());
+        for item in &mut items {
+            if let Some(env) = item.env.take() {
+                envelopes.push(env);
+                item.event = true;
             }
         }
-        let mut outcomes = self
-            .store
-            .append_replicated(envelopes)
-            .map_err(store_err)?
-            .into_iter();
+        let tip = items.last().map(|i| (i.at, i.stream_seq));
+        pending.committing = tip;
+        let store = self.store.clone();
+        let task = tokio::task::spawn_blocking(move || store.append_replicated(envelopes));
+        Some(Commit { items, task })
+    }
+
+    /// Waits for the running commit, then acknowledges the last message
+    /// among its applied positions (and with it every one before;
+    /// `confirm` waits for the server to confirm it). An event the store
+    /// refuses (its origin slot holds another hash) stops the chain there:
+    /// what follows it, committed or only verified, stays pending on the
+    /// server. Returns the positions applied and whether it stopped.
+    async fn settle(
+        &self,
+        committing: &mut Option<Commit>,
+        pending: &mut Pending,
+        report: &mut PeerReport,
+        confirm: bool,
+    ) -> Result<(usize, bool), ReplicationError> {
+        let Some(Commit { mut items, task }) = committing.take() else {
+            return Ok((0, false));
+        };
+        pending.committing = None;
+        let outcomes = match task.await {
+            Ok(r) => r.map_err(store_err)?,
+            Err(e) => {
+                // Nothing after the durable tip can be trusted to link now.
+                pending.items.clear();
+                return Err(ReplicationError::Store(format!(
+                    "the commit task failed: {e}"
+                )));
+            }
+        };
+        let mut outcomes = outcomes.into_iter();
         let mut applied = 0usize;
         let mut last_msg: Option<jetstream::Message> = None;
         let mut stopped = false;
-        for item in items {
-            if stopped {
-                break;
-            }
-            if item.env.is_some() {
+        for item in items.drain(..) {
+            if item.event {
                 match outcomes.next() {
                     Some(AppendOutcome::Appended { .. }) => report.appended += 1,
                     Some(AppendOutcome::Duplicate { .. }) => report.duplicates += 1,
@@ -642,12 +709,13 @@ impl Replicator {
                     | Some(AppendOutcome::PolicyBlocked { reason, .. }) => {
                         Self::refuse(item.stream_seq, Some(item.at.seq), reason, report);
                         stopped = true;
-                        continue;
+                        break;
                     }
                     None => {
+                        pending.items.clear();
                         return Err(ReplicationError::Store(
                             "fewer outcomes than events appended".into(),
-                        ))
+                        ));
                     }
                 }
             } else {
@@ -660,15 +728,24 @@ impl Replicator {
                 last_msg = item.msg;
             }
         }
+        pending.spare = Some(items);
+        if stopped {
+            // Verified against a tip that is not durable: fetched again.
+            pending.items.clear();
+        }
         // With `AckPolicy::All`, acknowledging a message acknowledges every
         // one delivered before it. Only a message whose position is durable
-        // here is acknowledged (awaiting the server's confirmation), so the
-        // consumer's ack floor is always an applied position: the anchor
-        // after a restart. Refused messages and copies are acknowledged
-        // with the next applied one; until then they are delivered, and
-        // reported, again.
+        // here is acknowledged, so the consumer's ack floor is always an
+        // applied position: the anchor after a restart. A lost
+        // acknowledgement only means redelivery, which is deduplicated.
+        // Refused messages and copies are acknowledged with the next
+        // applied one; until then they are delivered, and reported, again.
         if let Some(m) = last_msg {
-            m.double_ack().await.map_err(js("ack"))?;
+            if confirm {
+                m.double_ack().await.map_err(js("ack"))?;
+            } else {
+                m.ack().await.map_err(js("ack"))?;
+            }
         }
         Ok((applied, stopped))
     }
@@ -767,8 +844,23 @@ impl Replicator {
 struct PendingItem {
     at: Anchor,
     env: Option<core::Envelope>,
+    /// Whether it carries an event (its envelope handed to a commit).
+    event: bool,
     msg: Option<jetstream::Message>,
     stream_seq: u64,
+}
+
+/// A group commit running on a blocking thread, with the positions it
+/// covers in chain order.
+struct Commit {
+    items: Vec<PendingItem>,
+    task: tokio::task::JoinHandle<Result<Vec<AppendOutcome>, core::AppendError>>,
+}
+
+impl Commit {
+    fn is_finished(&self) -> bool {
+        self.task.is_finished()
+    }
 }
 
 /// Verified positions not yet durable here, in chain order.
@@ -776,7 +868,11 @@ struct Pending {
     durable: Anchor,
     /// The stream sequence of the durable tip's message (0: unknown).
     durable_stream_seq: u64,
+    /// The tip of the commit running, and its message's stream sequence.
+    committing: Option<(Anchor, u64)>,
     items: Vec<PendingItem>,
+    /// An emptied buffer of items, reused for the next batch.
+    spare: Option<Vec<PendingItem>>,
 }
 
 impl Pending {
@@ -784,21 +880,29 @@ impl Pending {
         Self {
             durable,
             durable_stream_seq,
+            committing: None,
             items: Vec::with_capacity(MAX_PENDING),
+            spare: None,
         }
     }
 
     /// The position the next one must follow.
     fn tip(&self) -> Anchor {
-        self.items.last().map_or(self.durable, |i| i.at)
+        match (self.items.last(), self.committing) {
+            (Some(i), _) => i.at,
+            (None, Some((at, _))) => at,
+            (None, None) => self.durable,
+        }
     }
 
     /// Where in the stream the tip's message is: the next position is
     /// after it.
     fn tip_stream_seq(&self) -> u64 {
-        self.items
-            .last()
-            .map_or(self.durable_stream_seq, |i| i.stream_seq)
+        match (self.items.last(), self.committing) {
+            (Some(i), _) => i.stream_seq,
+            (None, Some((_, s))) => s,
+            (None, None) => self.durable_stream_seq,
+        }
     }
 
     fn push_refilled(&mut self, p: &Position, env: Option<core::Envelope>, stream_seq: u64) {
@@ -808,6 +912,7 @@ impl Pending {
                 hash: p.hash,
             },
             env,
+            event: false,
             msg: None,
             stream_seq,
         });
@@ -828,6 +933,7 @@ impl Pending {
                 hash: p.hash,
             },
             env,
+            event: false,
             msg,
             stream_seq,
         });
