@@ -603,6 +603,74 @@ fn forged_and_corrupt_messages_are_refused_and_reported() {
     assert!(text.contains("\"missing\":4"), "{report:#}");
 }
 
+/// A header naming only the message id, as events are published.
+fn id_only(hash: &str) -> Vec<(&'static str, String)> {
+    vec![("Nats-Msg-Id", format!("{hash}-{}", rand_suffix()))]
+}
+
+#[test]
+fn forged_events_without_position_headers_are_refused_by_their_bytes() {
+    let nats = Nats::start();
+    let a = device("a");
+    let eve = device("eve");
+    // Another history under the same device id: its second event links
+    // to a first event that is not eve's.
+    let impostor = device("eve");
+    ingest_ok(&eve, &notes("e", 2));
+    ingest_ok(&impostor, &notes("i", 2));
+    let ev = stored(&eve);
+    let forged = stored(&impostor);
+    assert_ne!(forged[1].2, ev[0].1);
+    ingest_ok(&a, &notes("a", 1));
+    let a_event = stored(&a).remove(0);
+    let mut flipped = ev[0].0.clone();
+    let mid = flipped.len() / 2;
+    flipped[mid] ^= 0x40;
+    sync_ok(&a, &nats);
+    let subject = format!("syncd.ev.{PROFILE}.device:eve");
+    publish_raw(
+        &nats,
+        &subject,
+        vec![
+            // Bytes altered in transit: no position can be read at all.
+            (id_only(&ev[0].1), flipped),
+            // Another device's event on eve's subject.
+            (id_only(&a_event.1), a_event.0.clone()),
+            (id_only(&ev[0].1), ev[0].0.clone()),
+            // A second event that links to another first one.
+            (id_only(&forged[1].1), forged[1].0.clone()),
+            (id_only(&ev[1].1), ev[1].0.clone()),
+        ],
+    );
+    let (code, report) = sync(&a, &nats);
+    assert_eq!(code, Some(65), "{report:#}");
+    let peer = report["peers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["device"] == "device:eve")
+        .unwrap()
+        .clone();
+    assert_eq!(peer["appended"], 2, "{peer:#}");
+    assert_eq!(peer["applied_through"], 2, "{peer:#}");
+    let refused = peer["refused"].as_array().unwrap();
+    let reasons: Vec<&str> = refused
+        .iter()
+        .map(|r| r["reason"].as_str().unwrap())
+        .collect();
+    assert_eq!(reasons.len(), 3, "{reasons:#?}");
+    assert!(reasons[0].contains("does not verify"), "{reasons:#?}");
+    assert_eq!(refused[0]["seq"], Value::Null, "{refused:#?}");
+    assert!(
+        reasons[1].contains("published on device:eve's subject but its origin is device:a"),
+        "{reasons:#?}"
+    );
+    assert!(reasons[2].contains("broken or forged chain"), "{reasons:#?}");
+    assert_eq!(refused[2]["seq"], 2, "{refused:#?}");
+    assert_eq!(a.head(), 1 + 2);
+    assert_eq!(a.run(&["doctor"]).status.code(), Some(0));
+}
+
 #[test]
 fn bad_configuration_and_arguments_are_clear_errors() {
     let a = device("a");

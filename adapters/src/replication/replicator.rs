@@ -261,7 +261,11 @@ impl Replicator {
     async fn stream_head(&self, device: &str) -> Result<Option<Position>, ReplicationError> {
         let subject = wire::subject(&self.profile, device);
         match self.stream.get_last_raw_message_by_subject(&subject).await {
-            Ok(m) => Ok(Some(position_of(&m.headers).map_err(js("stream head"))?)),
+            Ok(m) => Ok(Some(
+                read_message(Some(&m.headers), &m.payload, device)
+                    .map(|(p, _)| p)
+                    .map_err(js("stream head"))?,
+            )),
             Err(e) if e.kind() == stream::LastRawMessageErrorKind::NoMessageFound => Ok(None),
             Err(e) => Err(js("stream head")(e)),
         }
@@ -474,7 +478,8 @@ impl Replicator {
                 .get_raw_message(floor)
                 .await
                 .map_err(js("anchor message"))?;
-            let p = position_of(&m.headers).map_err(js("anchor message"))?;
+            let (p, _) =
+                read_message(Some(&m.headers), &m.payload, peer).map_err(js("anchor message"))?;
             Anchor {
                 seq: p.seq,
                 hash: p.hash,
@@ -503,22 +508,18 @@ impl Replicator {
                 let msg = msg.map_err(js("fetch"))?;
                 got += 1;
                 let stream_seq = msg.info().map(|i| i.stream_sequence).unwrap_or_default();
-                let position = match msg
-                    .message
-                    .headers
-                    .as_ref()
-                    .ok_or(FrameError::Header {
-                        name: wire::SEQ,
-                        reason: "no headers".into(),
-                    })
-                    .and_then(position_of)
-                {
-                    Ok(p) => p,
-                    Err(e) => {
-                        Self::refuse(stream_seq, None, e.to_string(), &mut report);
-                        continue;
-                    }
-                };
+                let (position, verified) =
+                    match read_message(msg.message.headers.as_ref(), &msg.message.payload, peer) {
+                        Ok(read) => read,
+                        Err(e) => {
+                            let seq = match &e {
+                                FrameError::Event { seq, .. } => Some(*seq),
+                                _ => None,
+                            };
+                            Self::refuse(stream_seq, seq, e.to_string(), &mut report);
+                            continue;
+                        }
+                    };
                 let tip = pending.tip();
                 if position.seq == tip.seq && position.hash != tip.hash {
                     let reason = format!(
@@ -540,7 +541,13 @@ impl Replicator {
                 {
                     break 'fetch;
                 }
-                match Self::verify_next(peer, &position, &msg.message.payload, pending.tip()) {
+                match Self::verify_next(
+                    peer,
+                    &position,
+                    &msg.message.payload,
+                    verified,
+                    pending.tip(),
+                ) {
                     Ok(env) => pending.push(&position, env, Some(msg)),
                     Err(reason) => {
                         Self::refuse(stream_seq, Some(position.seq), reason, &mut report);
@@ -623,12 +630,14 @@ impl Replicator {
     }
 
     /// Verifies the position after `anchor`: it must link to it, and an
-    /// event's bytes must verify. `Ok(None)` for a stub; `Err` is the
+    /// event's bytes must verify (`verified`: they already did, read
+    /// without position headers). `Ok(None)` for a stub; `Err` is the
     /// reason for refusing it.
     fn verify_next(
         peer: &str,
         p: &Position,
         payload: &[u8],
+        verified: Option<core::Envelope>,
         anchor: Anchor,
     ) -> Result<Option<core::Envelope>, String> {
         if p.seq != anchor.seq + 1 || p.prev != anchor.hash {
@@ -637,7 +646,10 @@ impl Replicator {
                 p.seq, p.prev, anchor.seq, anchor.hash
             ));
         }
-        wire::verify_event(p, peer, payload).map_err(|e| e.to_string())
+        match verified {
+            Some(env) => Ok(Some(env)),
+            None => wire::verify_event(p, peer, payload).map_err(|e| e.to_string()),
+        }
     }
 
     /// Hands the pending positions to a blocking thread that makes their
@@ -763,14 +775,14 @@ impl Replicator {
     ) -> Result<bool, ReplicationError> {
         let tip = pending.tip();
         let Some(found) = self
-            .refill(subject, pending.tip_stream_seq(), tip, until)
+            .refill(subject, peer, pending.tip_stream_seq(), tip, until)
             .await?
         else {
             report.missing = Some(tip.seq + 1);
             return Ok(false);
         };
-        for (p, bytes, stream_seq) in found {
-            match Self::verify_next(peer, &p, &bytes, pending.tip()) {
+        for (p, bytes, verified, stream_seq) in found {
+            match Self::verify_next(peer, &p, &bytes, verified, pending.tip()) {
                 Ok(env) => {
                     report.refilled += 1;
                     pending.push_refilled(&p, env, stream_seq);
@@ -791,11 +803,12 @@ impl Replicator {
     async fn refill(
         &self,
         subject: &str,
+        peer: &str,
         from_stream_seq: u64,
         anchor: Anchor,
         until: u64,
-    ) -> Result<Option<Vec<(Position, Vec<u8>, u64)>>, ReplicationError> {
-        let mut found: BTreeMap<u64, (Position, Vec<u8>, u64)> = BTreeMap::new();
+    ) -> Result<Option<Vec<Refilled>>, ReplicationError> {
+        let mut found: BTreeMap<u64, Refilled> = BTreeMap::new();
         let wanted = usize::try_from(until.saturating_sub(anchor.seq + 1)).unwrap_or(usize::MAX);
         // After the tip's message first; then, because a publisher that
         // resumed after a failover may have put copies earlier in the
@@ -817,11 +830,13 @@ impl Replicator {
                     Err(_) => break,
                 };
                 cursor = m.sequence + 1;
-                if let Ok(p) = position_of(&m.headers) {
+                // A message that cannot be read is passed over here; if its
+                // position is needed, the gap is reported as missing.
+                if let Ok((p, verified)) = read_message(Some(&m.headers), &m.payload, peer) {
                     if p.seq > anchor.seq && p.seq < until {
                         found
                             .entry(p.seq)
-                            .or_insert((p, m.payload.to_vec(), m.sequence));
+                            .or_insert((p, m.payload.to_vec(), verified, m.sequence));
                     }
                 }
                 if found.len() >= wanted {
@@ -839,6 +854,10 @@ impl Replicator {
         Ok(Some(out))
     }
 }
+
+/// A position read back from the stream to fill a gap: its position, its
+/// bytes, its envelope when already verified, and its stream sequence.
+type Refilled = (Position, Vec<u8>, Option<core::Envelope>, u64);
 
 /// A verified position waiting to be made durable.
 struct PendingItem {
@@ -940,6 +959,19 @@ impl Pending {
     }
 }
 
-fn position_of(h: &async_nats::HeaderMap) -> Result<Position, FrameError> {
-    wire::read_position(|name| h.get(name).map(|v| v.as_str()))
+/// What a message says about its position: read from its headers (its
+/// bytes are verified later, against them) or, for an event that names
+/// none, from its bytes, verified here as an event of `device`.
+fn read_message(
+    headers: Option<&async_nats::HeaderMap>,
+    payload: &[u8],
+    device: &str,
+) -> Result<(Position, Option<core::Envelope>), FrameError> {
+    let get = |name: &'static str| headers.and_then(|h| h.get(name)).map(|v| v.as_str());
+    if wire::names_position(get) {
+        Ok((wire::read_position(get)?, None))
+    } else {
+        let (p, env) = wire::read_event(device, payload)?;
+        Ok((p, Some(env)))
+    }
 }

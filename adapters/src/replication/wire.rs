@@ -4,18 +4,25 @@
 //! Every position of a device's log is published, in order, on that
 //! device's subject `syncd.ev.<profile>.<device>` (ids escaped as subject
 //! tokens). A position is either the event itself (the exact stored bytes,
-//! which carry its hash) or, when the event does not leave the device
-//! (received from another device, or withheld by visibility or policy), a
-//! stub with only its sequence and hashes, so that receivers can still
-//! check every link of the chain. Headers:
+//! which carry its sequence, its link and, once verified, its hash) or,
+//! when the event does not leave the device (received from another
+//! device, or withheld by visibility or policy), a stub with only its
+//! sequence and hashes in headers, so that receivers can still check every
+//! link of the chain. Headers:
 //!
-//! | header | value |
-//! |---|---|
-//! | `Nats-Msg-Id` | the event hash (`blake3:<hex>`): JetStream's duplicate window |
-//! | `Syncd-Seq` | the event's sequence in the publishing device's log |
-//! | `Syncd-Hash` | the event hash |
-//! | `Syncd-Prev` | the hash of the event before it (the chain link) |
-//! | `Syncd-Withheld` | for a stub: why (`imported`, `local_only`, `policy_denied`, `policy_review_required`, `device_local`) |
+//! | header | on | value |
+//! |---|---|---|
+//! | `Nats-Msg-Id` | every message | the event hash (`blake3:<hex>`): JetStream's duplicate window |
+//! | `Syncd-Seq` | stubs | the event's sequence in the publishing device's log |
+//! | `Syncd-Hash` | stubs | the event hash |
+//! | `Syncd-Prev` | stubs | the hash of the event before it (the chain link) |
+//! | `Syncd-Withheld` | stubs | why (`imported`, `local_only`, `policy_denied`, `policy_review_required`, `device_local`) |
+//!
+//! An event message that also carries `Syncd-Seq`, `Syncd-Hash` and
+//! `Syncd-Prev` (as earlier versions published them) is read by those
+//! headers, and its bytes must agree with them. Events go without them
+//! because every header is parsed by the server and every receiver, and
+//! the bytes already say the same.
 
 use sourceos_syncd::{Digest, Envelope, Withheld};
 
@@ -115,6 +122,49 @@ pub enum FrameError {
         /// What is wrong.
         reason: String,
     },
+    /// An event message that names no position in headers, and whose bytes
+    /// do not verify (so its position is unknown).
+    #[error("event: {reason}")]
+    Unreadable {
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+/// Whether a message names its position in headers: stubs always do, and
+/// events published by earlier versions did.
+pub fn names_position<'a>(get: impl Fn(&'static str) -> Option<&'a str>) -> bool {
+    get(SEQ).is_some() || get(WITHHELD).is_some()
+}
+
+/// Reads an event message that names no position in headers: its bytes
+/// must verify, and be an event of `device`'s own log. The position is
+/// the event's.
+pub fn read_event(device: &str, payload: &[u8]) -> Result<(Position, Envelope), FrameError> {
+    let env = Envelope::verify(payload).map_err(|e| FrameError::Unreadable {
+        reason: format!("does not verify: {e}"),
+    })?;
+    let p = Position {
+        seq: env.seq().get(),
+        hash: env.hash(),
+        prev: env.prev_hash(),
+        withheld: None,
+    };
+    check_origin(&p, device, &env)?;
+    Ok((p, env))
+}
+
+fn check_origin(p: &Position, device: &str, env: &Envelope) -> Result<(), FrameError> {
+    if env.origin().as_str() != device || env.is_imported() {
+        return Err(FrameError::Event {
+            seq: p.seq,
+            reason: format!(
+                "published on {device}'s subject but its origin is {}",
+                env.origin_ref().device
+            ),
+        });
+    }
+    Ok(())
 }
 
 /// Reads the position headers through `get` (a header lookup).
@@ -156,19 +206,20 @@ pub fn read_position<'a>(
     })
 }
 
-/// The headers of a position, as (name, value) pairs.
+/// The headers of a position, as (name, value) pairs: the message id
+/// alone for an event, the whole position for a stub.
 pub fn headers(p: &Position) -> Vec<(&'static str, String)> {
     let hash = p.hash.to_string();
-    let mut h = vec![
+    let Some(w) = p.withheld else {
+        return vec![(MSG_ID, hash)];
+    };
+    vec![
         (MSG_ID, hash.clone()),
         (SEQ, p.seq.to_string()),
         (HASH, hash),
         (PREV, p.prev.to_string()),
-    ];
-    if let Some(w) = p.withheld {
-        h.push((WITHHELD, w.as_str().to_owned()));
-    }
-    h
+        (WITHHELD, w.as_str().to_owned()),
+    ]
 }
 
 /// Verifies the event carried at position `p` of `device`'s log: its bytes
@@ -204,12 +255,7 @@ pub fn verify_event(
             p.prev
         )));
     }
-    if env.origin().as_str() != device || env.is_imported() {
-        return Err(bad(format!(
-            "published on {device}'s subject but its origin is {}",
-            env.origin_ref().device
-        )));
-    }
+    check_origin(p, device, &env)?;
     Ok(Some(env))
 }
 
@@ -251,7 +297,28 @@ mod tests {
         let p = read_position(full).unwrap();
         assert_eq!(p.seq, 7);
         assert_eq!(p.withheld, None);
-        assert_eq!(headers(&p).len(), 4);
+        assert!(names_position(full));
+        assert!(!names_position(|n| if n == MSG_ID {
+            Some("x")
+        } else {
+            None
+        }));
+        // An event names only its message id; a stub its whole position.
+        assert_eq!(headers(&p), vec![(MSG_ID, h.clone())]);
+        let stub_headers = headers(&Position {
+            withheld: Some(Withheld::LocalOnly),
+            ..p.clone()
+        });
+        assert_eq!(stub_headers.len(), 5);
+        let back = read_position(|n| {
+            stub_headers
+                .iter()
+                .find(|(k, _)| *k == n)
+                .map(|(_, v)| v.as_str())
+        })
+        .unwrap();
+        assert_eq!(back.seq, 7);
+        assert_eq!(back.withheld, Some(Withheld::LocalOnly));
         for missing in [SEQ, HASH, PREV] {
             let e = read_position(|n| if n == missing { None } else { full(n) }).unwrap_err();
             assert!(matches!(e, FrameError::Header { name, .. } if name == missing));
