@@ -665,7 +665,10 @@ fn forged_events_without_position_headers_are_refused_by_their_bytes() {
         reasons[1].contains("published on device:eve's subject but its origin is device:a"),
         "{reasons:#?}"
     );
-    assert!(reasons[2].contains("broken or forged chain"), "{reasons:#?}");
+    assert!(
+        reasons[2].contains("broken or forged chain"),
+        "{reasons:#?}"
+    );
     assert_eq!(refused[2]["seq"], 2, "{refused:#?}");
     assert_eq!(a.head(), 1 + 2);
     assert_eq!(a.run(&["doctor"]).status.code(), Some(0));

@@ -245,6 +245,13 @@ impl EventKind {
         &self.0
     }
 
+    /// The first segment (`object` of `object.created`): what projections
+    /// match first, so that most kinds are passed over by one comparison
+    /// of lengths rather than a prefix test per namespace.
+    pub fn namespace(&self) -> &str {
+        self.0.split_once('.').map_or(self.0.as_str(), |(ns, _)| ns)
+    }
+
     /// True for kinds in the reserved `syncd.` namespace, which only syncd
     /// itself may record.
     pub fn is_reserved(&self) -> bool {

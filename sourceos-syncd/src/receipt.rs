@@ -62,6 +62,15 @@ pub(crate) fn is_receipt_kind(kind: &str) -> bool {
     KINDS.iter().any(|k| k.kind == kind)
 }
 
+/// The namespaces of the receipt kinds (a test holds every kind to them).
+const NAMESPACES: &[&str] = &["browser", "runtime"];
+
+/// [`is_receipt_kind`] for a validated kind, deciding most kinds by their
+/// namespace alone (projections ask this of every event).
+pub(crate) fn is_receipt_event_kind(kind: &crate::ids::EventKind) -> bool {
+    NAMESPACES.contains(&kind.namespace()) && is_receipt_kind(kind.as_str())
+}
+
 text_enum!(
     /// Where an automation session is.
     AutomationState {
@@ -722,6 +731,23 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
     use super::*;
+
+    #[test]
+    fn every_receipt_kind_is_in_a_listed_namespace() {
+        for k in KINDS {
+            let kind = crate::ids::EventKind::new(k.kind).unwrap();
+            assert!(is_receipt_event_kind(&kind), "{}", k.kind);
+        }
+        for other in [
+            "note.added",
+            "browser.opened",
+            "capability.granted",
+            "runtime",
+        ] {
+            let kind = crate::ids::EventKind::new(other).unwrap();
+            assert!(!is_receipt_event_kind(&kind), "{other}");
+        }
+    }
 
     #[test]
     fn every_automation_state_event_pair() {

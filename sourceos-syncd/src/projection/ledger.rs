@@ -70,7 +70,8 @@ impl Projection for Ledger {
         let kind = event.kind().as_str();
         // Most events are neither: leave them before parsing the payload
         // or formatting anything.
-        if !kind.starts_with("capability.") && !receipt::is_receipt_kind(kind) {
+        if event.kind().namespace() != "capability" && !receipt::is_receipt_event_kind(event.kind())
+        {
             return Ok(());
         }
         let Some(payload) = event.payload().as_map() else {

@@ -874,20 +874,32 @@ pub(crate) fn builtin_named(name: &str) -> Option<Box<dyn Projection>> {
 /// below this), so that folding an event does not allocate a key it only
 /// looks up.
 pub(crate) fn with_key<R>(parts: &[&[u8]], f: impl FnOnce(&[u8]) -> R) -> R {
+    // Most keys are short, and zeroing a buffer sized for the longest one
+    // cost as much as building the key: two sizes.
+    const SHORT_KEY_BYTES: usize = 96;
     const STACK_KEY_BYTES: usize = 640;
     let len: usize = parts.iter().map(|p| p.len()).sum();
-    let mut buf = [0u8; STACK_KEY_BYTES];
-    if let Some(key) = buf.get_mut(..len) {
-        let mut at = 0;
-        for p in parts {
-            if let Some(dst) = key.get_mut(at..at + p.len()) {
-                dst.copy_from_slice(p);
-            }
-            at += p.len();
-        }
-        return f(key);
+    if len <= SHORT_KEY_BYTES {
+        let mut buf = [0u8; SHORT_KEY_BYTES];
+        return f(join_into(&mut buf, parts, len));
+    }
+    if len <= STACK_KEY_BYTES {
+        let mut buf = [0u8; STACK_KEY_BYTES];
+        return f(join_into(&mut buf, parts, len));
     }
     f(&parts.concat())
+}
+
+/// Copies `parts` (`len` bytes in all, at most `buf.len()`) into `buf`.
+fn join_into<'a>(buf: &'a mut [u8], parts: &[&[u8]], len: usize) -> &'a [u8] {
+    let mut at = 0;
+    for p in parts {
+        if let Some(dst) = buf.get_mut(at..at + p.len()) {
+            dst.copy_from_slice(p);
+        }
+        at += p.len();
+    }
+    buf.get(..len).unwrap_or_default()
 }
 
 /// Adds one to an 8-byte big-endian counter record (absent reads as 0),

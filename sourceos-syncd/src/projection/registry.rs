@@ -301,18 +301,10 @@ impl Projection for Registry {
         // Most events in a busy log are not registry events: leave them
         // before copying any payload.
         let kind = ev.kind().as_str();
-        let ours = [
-            "actor.",
-            "schema.",
-            "device.",
-            "profile.",
-            "object.",
-            "policy.",
-            "conflict.",
-            "agent.transaction.",
-        ];
-        if !ours.iter().any(|prefix| kind.starts_with(prefix)) {
-            return Ok(());
+        match ev.kind().namespace() {
+            "actor" | "schema" | "device" | "profile" | "object" | "policy" | "conflict" => {}
+            "agent" if kind.starts_with("agent.transaction.") => {}
+            _ => return Ok(()),
         }
         let p = fields(ev.payload());
         match kind {

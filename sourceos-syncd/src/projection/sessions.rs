@@ -38,7 +38,7 @@ use sha2::{Digest as _, Sha256};
 
 use crate::codec;
 use crate::event::{Envelope, EventDraft};
-use crate::ids::{EventId, Timestamp};
+use crate::ids::{EventId, EventKind, Timestamp};
 use crate::model::fields;
 use crate::session::{
     event_class, has_local_part, transition, CorrelationKeys, QuarantinePayload, TurnEvent,
@@ -478,18 +478,18 @@ impl Scoped<'_> {
     }
 }
 
-fn is_ours(kind: &str) -> bool {
-    kind.starts_with("session.")
-        || kind.starts_with("turn.")
-        || kind == LEASE_ACQUIRED
-        || kind == ORPHAN_QUARANTINED
+fn is_ours(kind: &EventKind) -> bool {
+    match kind.namespace() {
+        "session" | "turn" => true,
+        "lease" => kind.as_str() == LEASE_ACQUIRED,
+        "orphan" => kind.as_str() == ORPHAN_QUARANTINED,
+        _ => false,
+    }
 }
 
 /// True when a local draft is one [`admit`] has to look at.
 pub(crate) fn concerns(d: &EventDraft) -> bool {
-    d.session.is_some()
-        || is_ours(d.kind.as_str())
-        || d.payload.json_text().contains(LEASE_EPOCH_KEY)
+    d.session.is_some() || is_ours(&d.kind) || d.payload.json_text().contains(LEASE_EPOCH_KEY)
 }
 
 /// Reads one session.
@@ -605,7 +605,7 @@ impl Projection for Sessions {
         // before parsing anything.
         let kind = ev.kind().as_str();
         if ev.session().is_none()
-            && !is_ours(kind)
+            && !is_ours(ev.kind())
             && !ev.payload().json_text().contains(LEASE_EPOCH_KEY)
         {
             return Ok(());
