@@ -411,6 +411,10 @@ pub type Progress<'a> = &'a mut dyn FnMut(u64, u64);
 /// Events per chunk of a verified scan: small enough that a chunk's decoded
 /// events stay in cache.
 const SCAN_CHUNK_EVENTS: usize = 64;
+/// An event read by a rebuild's reader thread: its sequence, its stored
+/// bytes and the hash they recompute to.
+type Hashed = (Seq, crate::storage::StoredBytes, Digest);
+
 /// Chunks a rebuild's reader thread may be ahead of the fold.
 const PIPELINE_CHUNKS: usize = 4;
 
@@ -1579,59 +1583,43 @@ impl Store {
             })?;
             return Ok(fold.finish()?);
         }
-        // Reading, verifying and decoding take about as long as folding:
-        // one thread reads while this one folds. Chunks go back to the
-        // reader to be emptied, so that each envelope is freed by the
-        // thread that allocated it (freeing across threads made an
-        // earlier version of this slower than one thread).
-        std::thread::scope(|scope| {
-            let (full_tx, full_rx) =
-                std::sync::mpsc::sync_channel::<Vec<Envelope>>(PIPELINE_CHUNKS);
-            let (empty_tx, empty_rx) =
-                std::sync::mpsc::sync_channel::<Vec<Envelope>>(PIPELINE_CHUNKS + 2);
-            let reader = std::thread::Builder::new()
-                .name("syncd-log-reader".into())
+        // Reading the log and recomputing every hash take about as long as
+        // decoding and folding: this thread reads and hashes the stored
+        // bytes while a second one decodes, checks the chain and folds.
+        // Reading stays on the calling thread, as in a one-thread rebuild:
+        // sled's page copies made on a fresh helper thread's allocator
+        // arena cost a page fault each in a process that had already done
+        // much other work (3.5 times slower than one thread in the
+        // benchmark), while a fresh process was not affected.
+        let genesis = self.inner.meta.genesis;
+        let folded = std::thread::scope(|scope| {
+            let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<Hashed>>(PIPELINE_CHUNKS);
+            let folder = std::thread::Builder::new()
+                .name("syncd-fold".into())
                 .spawn_scoped(scope, move || {
-                    self.verified_scan(head_seq, &mut |_, _| {}, |chunk| {
-                        full_tx
-                            .send(chunk)
-                            .map_err(|_| RebuildError::Poisoned("the fold stopped".into()))?;
-                        Ok(empty_rx
-                            .try_recv()
-                            .unwrap_or_else(|_| Vec::with_capacity(SCAN_CHUNK_EVENTS)))
-                    })
+                    let mut prev = genesis;
+                    for chunk in rx.iter() {
+                        for (seq, bytes, digest) in &chunk {
+                            let env = Self::link(seq, bytes, *digest, prev)?;
+                            prev = env.hash();
+                            fold.apply(&env)?;
+                        }
+                    }
+                    Ok::<_, RebuildError>(fold)
                 })
                 .map_err(|e| {
-                    RebuildError::Poisoned(format!("cannot start the log reader thread: {e}"))
+                    RebuildError::Poisoned(format!("cannot start the fold thread: {e}"))
                 })?;
-            let mut folded = 0u64;
-            let mut failed = None;
-            for chunk in full_rx.iter() {
-                for env in &chunk {
-                    if let Err(e) = fold.apply(env) {
-                        failed = Some(e);
-                        break;
-                    }
-                }
-                if failed.is_some() {
-                    break;
-                }
-                folded += chunk.len() as u64;
-                progress(folded, head_seq);
-                // The reader makes new chunks when this one is not back.
-                let _ = empty_tx.try_send(chunk);
-            }
-            // Dropping the receiver stops a reader still sending.
-            drop(full_rx);
-            let read = reader
+            let read = self.hashed_scan(tx, head_seq, progress);
+            let folded = folder
                 .join()
-                .map_err(|_| RebuildError::Poisoned("the log reader thread panicked".into()))?;
-            if let Some(e) = failed {
-                return Err(e.into());
-            }
-            read
+                .map_err(|_| RebuildError::Poisoned("the fold thread panicked".into()))?;
+            // A fold error is the earlier finding in the log: the reader
+            // only reads ahead of the fold (and stops once it is gone).
+            let fold = folded?;
+            read.map(|()| fold)
         })?;
-        Ok(fold.finish()?)
+        Ok(folded.finish()?)
     }
 
     /// Reads the whole log, verifying every event's hash, the sequence and
@@ -1679,6 +1667,73 @@ impl Store {
         last.clear();
         progress(expect - 1, head_seq);
         Ok(())
+    }
+
+    /// Reads the whole log in order, checking that sequences are contiguous
+    /// from 1 and recomputing each event's hash from its stored bytes, and
+    /// sends chunks of (sequence, bytes, hash) to `to`. Stops quietly when
+    /// the receiver is gone.
+    fn hashed_scan(
+        &self,
+        to: std::sync::mpsc::SyncSender<Vec<Hashed>>,
+        head_seq: u64,
+        progress: Progress<'_>,
+    ) -> Result<(), RebuildError> {
+        let mut expect = 1u64;
+        let mut chunk = Vec::with_capacity(SCAN_CHUNK_EVENTS);
+        for item in self.scan_raw(Seq::FIRST) {
+            let (k, v) = item.map_err(ReadError::from)?;
+            let seq = Seq::from_key(&k).map_err(ReadError::BadKey)?;
+            if seq.get() != expect {
+                return Err(RebuildError::LogDamaged(format!(
+                    "expected event {expect}, found {seq}"
+                )));
+            }
+            let digest = Envelope::check_hash(&v).map_err(|damage| ReadError::Damaged {
+                seq: seq.get(),
+                damage,
+            })?;
+            expect += 1;
+            chunk.push((seq, v, digest));
+            if chunk.len() >= SCAN_CHUNK_EVENTS {
+                let full = std::mem::replace(&mut chunk, Vec::with_capacity(SCAN_CHUNK_EVENTS));
+                if to.send(full).is_err() {
+                    return Ok(());
+                }
+                progress(expect - 1, head_seq);
+            }
+        }
+        let _ = to.send(chunk);
+        progress(expect - 1, head_seq);
+        Ok(())
+    }
+
+    /// Decodes an event whose bytes hash to `digest` and checks that it is
+    /// the one at `seq` following `prev`: what [`Envelope::verify`] and the
+    /// chain check of a scan do, in two steps.
+    fn link(
+        seq: &Seq,
+        bytes: &[u8],
+        digest: Digest,
+        prev: Digest,
+    ) -> Result<Envelope, RebuildError> {
+        let env = Envelope::decode_unverified(bytes).map_err(|damage| ReadError::Damaged {
+            seq: seq.get(),
+            damage,
+        })?;
+        if env.hash() != digest {
+            return Err(ReadError::Damaged {
+                seq: seq.get(),
+                damage: EventDamage::Framing("decoded hash differs from the hash entry"),
+            }
+            .into());
+        }
+        if env.prev_hash() != prev || env.seq() != *seq {
+            return Err(RebuildError::LogDamaged(format!(
+                "chain broken at event {seq}"
+            )));
+        }
+        Ok(env)
     }
 
     /// Installs a fresh fold's state as a projection's tree (doctor repair).
