@@ -147,6 +147,11 @@ impl EventRows {
     pub(crate) fn is_empty(&self) -> bool {
         self.len == 0
     }
+
+    /// Events added.
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
 }
 
 /// Key and value of a stored event.
