@@ -566,13 +566,7 @@ fn forged_and_corrupt_messages_are_refused_and_reported() {
     );
     let (code, report) = sync(&a, &nats);
     assert_eq!(code, Some(65), "{report:#}");
-    let peer = report["peers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["device"] == "device:mallory")
-        .unwrap()
-        .clone();
+    let peer = peer_of(&report, "device:mallory");
     assert_eq!(peer["appended"], 3, "{peer:#}");
     assert_eq!(peer["applied_through"], 3, "{peer:#}");
     let reasons: Vec<String> = peer["refused"]
@@ -601,6 +595,17 @@ fn forged_and_corrupt_messages_are_refused_and_reported() {
     assert_eq!(code, Some(65), "{report:#}");
     let text = report.to_string();
     assert!(text.contains("\"missing\":4"), "{report:#}");
+}
+
+/// One peer's part of a `syncd sync --json` report.
+fn peer_of(report: &Value, device: &str) -> Value {
+    report["peers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["device"] == device)
+        .unwrap_or_else(|| panic!("no report for {device}: {report:#}"))
+        .clone()
 }
 
 /// A header naming only the message id, as events are published.
@@ -644,13 +649,7 @@ fn forged_events_without_position_headers_are_refused_by_their_bytes() {
     );
     let (code, report) = sync(&a, &nats);
     assert_eq!(code, Some(65), "{report:#}");
-    let peer = report["peers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["device"] == "device:eve")
-        .unwrap()
-        .clone();
+    let peer = peer_of(&report, "device:eve");
     assert_eq!(peer["appended"], 2, "{peer:#}");
     assert_eq!(peer["applied_through"], 2, "{peer:#}");
     let refused = peer["refused"].as_array().unwrap();

@@ -1675,14 +1675,21 @@ impl Store {
         progress: Progress<'_>,
     ) -> Result<Vec<(&'static str, projection::FreshState)>, RebuildError> {
         let mut fold = FreshFold::new(names, self.inner.meta.genesis);
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        if cores < 2 {
-            self.verified_scan(head_seq, progress, |chunk| {
-                for env in chunk {
-                    fold.apply(env)?;
+        let genesis = self.inner.meta.genesis;
+        if self.inner.cores < 2 {
+            let mut prev = genesis;
+            let mut last = 0;
+            for item in self.hashed_events() {
+                let (seq, bytes, digest) = item?;
+                let env = Self::link(&seq, &bytes, digest, prev)?;
+                prev = env.hash();
+                fold.apply(&env)?;
+                last = seq.get();
+                if last % SCAN_CHUNK_EVENTS as u64 == 0 {
+                    progress(last, head_seq);
                 }
-                Ok(())
-            })?;
+            }
+            progress(last, head_seq);
             return Ok(fold.finish()?);
         }
         // Reading the log and recomputing every hash take about as long as
@@ -1693,7 +1700,6 @@ impl Store {
         // arena cost a page fault each in a process that had already done
         // much other work (3.5 times slower than one thread in the
         // benchmark), while a fresh process was not affected.
-        let genesis = self.inner.meta.genesis;
         let folded = std::thread::scope(|scope| {
             let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<Hashed>>(PIPELINE_CHUNKS);
             let folder = std::thread::Builder::new()
@@ -1724,63 +1730,12 @@ impl Store {
         Ok(folded.finish()?)
     }
 
-    /// Reads the whole log, verifying every event's hash, the sequence and
-    /// the chain, and hands the events to `each` in order, in small chunks
-    /// (small enough that a chunk's decoded events stay in cache). The
-    /// rebuild's path on one core.
-    fn verified_scan(
-        &self,
-        head_seq: u64,
-        progress: Progress<'_>,
-        mut each: impl FnMut(&[Envelope]) -> Result<(), RebuildError>,
-    ) -> Result<(), RebuildError> {
-        let mut prev = self.inner.meta.genesis;
+    /// The whole log in order, each event with the hash its stored bytes
+    /// recompute to; sequences must be contiguous from 1. The first error
+    /// ends what a caller reads.
+    fn hashed_events(&self) -> impl Iterator<Item = Result<Hashed, RebuildError>> + '_ {
         let mut expect = 1u64;
-        let mut chunk = Vec::with_capacity(SCAN_CHUNK_EVENTS);
-        for item in self.scan_raw(Seq::FIRST) {
-            let (k, v) = item.map_err(ReadError::from)?;
-            let seq = Seq::from_key(&k).map_err(ReadError::BadKey)?;
-            if seq.get() != expect {
-                return Err(RebuildError::LogDamaged(format!(
-                    "expected event {expect}, found {seq}"
-                )));
-            }
-            let env = Envelope::verify(&v).map_err(|damage| ReadError::Damaged {
-                seq: seq.get(),
-                damage,
-            })?;
-            if env.prev_hash() != prev || env.seq() != seq {
-                return Err(RebuildError::LogDamaged(format!(
-                    "chain broken at event {seq}"
-                )));
-            }
-            prev = env.hash();
-            expect += 1;
-            chunk.push(env);
-            if chunk.len() >= SCAN_CHUNK_EVENTS {
-                each(&chunk)?;
-                chunk.clear();
-                progress(expect - 1, head_seq);
-            }
-        }
-        each(&chunk)?;
-        progress(expect - 1, head_seq);
-        Ok(())
-    }
-
-    /// Reads the whole log in order, checking that sequences are contiguous
-    /// from 1 and recomputing each event's hash from its stored bytes, and
-    /// sends chunks of (sequence, bytes, hash) to `to`. Stops quietly when
-    /// the receiver is gone.
-    fn hashed_scan(
-        &self,
-        to: std::sync::mpsc::SyncSender<Vec<Hashed>>,
-        head_seq: u64,
-        progress: Progress<'_>,
-    ) -> Result<(), RebuildError> {
-        let mut expect = 1u64;
-        let mut chunk = Vec::with_capacity(SCAN_CHUNK_EVENTS);
-        for item in self.scan_raw(Seq::FIRST) {
+        self.scan_raw(Seq::FIRST).map(move |item| {
             let (k, v) = item.map_err(ReadError::from)?;
             let seq = Seq::from_key(&k).map_err(ReadError::BadKey)?;
             if seq.get() != expect {
@@ -1793,17 +1748,34 @@ impl Store {
                 damage,
             })?;
             expect += 1;
-            chunk.push((seq, v, digest));
+            Ok((seq, v, digest))
+        })
+    }
+
+    /// [`Store::hashed_events`] in chunks sent to `to` (a rebuild's fold
+    /// thread). Stops quietly when the receiver is gone.
+    fn hashed_scan(
+        &self,
+        to: std::sync::mpsc::SyncSender<Vec<Hashed>>,
+        head_seq: u64,
+        progress: Progress<'_>,
+    ) -> Result<(), RebuildError> {
+        let mut chunk = Vec::with_capacity(SCAN_CHUNK_EVENTS);
+        let mut last = 0;
+        for item in self.hashed_events() {
+            let hashed = item?;
+            last = hashed.0.get();
+            chunk.push(hashed);
             if chunk.len() >= SCAN_CHUNK_EVENTS {
                 let full = std::mem::replace(&mut chunk, Vec::with_capacity(SCAN_CHUNK_EVENTS));
                 if to.send(full).is_err() {
                     return Ok(());
                 }
-                progress(expect - 1, head_seq);
+                progress(last, head_seq);
             }
         }
         let _ = to.send(chunk);
-        progress(expect - 1, head_seq);
+        progress(last, head_seq);
         Ok(())
     }
 
@@ -2123,6 +2095,45 @@ mod tests {
         assert_eq!(after.len(), 10);
     }
 
+    /// A store holding one event of actor a0, reopened after the registry
+    /// record of actor a3 was garbled: a draft by a0 (`good`) is admitted,
+    /// one by a3 (`bad`) makes folding fail.
+    fn with_garbled_actor_a3(dir: &Path) -> (Store, Spec, Spec) {
+        let store = init(dir);
+        let good = Spec {
+            actor: 0,
+            kind: 0,
+            subject: Some(1),
+            key: None,
+        };
+        store.append(draft(&good)).unwrap();
+        store.close().unwrap();
+        {
+            let store = Store::open(
+                dir,
+                OpenOptions {
+                    catch_up: false,
+                    ..opts()
+                },
+            )
+            .unwrap();
+            let tree = store.storage().derived("p.registry").unwrap();
+            let mut key = vec![0x02];
+            key.extend_from_slice(b"actor:a3");
+            tree.raw_insert(&key, b"garbage that fails its checksum")
+                .unwrap();
+            drop(store);
+        }
+        let store = Store::open(dir, opts()).unwrap();
+        let bad = Spec {
+            actor: 3,
+            kind: 0,
+            subject: Some(1),
+            key: None,
+        };
+        (store, good, bad)
+    }
+
     #[test]
     fn rebuild_over_a_damaged_event_fails_naming_it_and_keeps_derived_state() {
         let dir = tempfile::tempdir().unwrap();
@@ -2165,39 +2176,7 @@ mod tests {
     #[test]
     fn group_failing_part_way_leaves_no_phantom_derived_state() {
         let dir = tempfile::tempdir().unwrap();
-        let store = init(dir.path());
-        let good = Spec {
-            actor: 0,
-            kind: 0,
-            subject: Some(1),
-            key: None,
-        };
-        store.append(draft(&good)).unwrap();
-        store.close().unwrap();
-        {
-            // Garble the registry record of actor a3.
-            let store = Store::open(
-                dir.path(),
-                OpenOptions {
-                    catch_up: false,
-                    ..opts()
-                },
-            )
-            .unwrap();
-            let tree = store.storage().derived("p.registry").unwrap();
-            let mut key = vec![0x02];
-            key.extend_from_slice(b"actor:a3");
-            tree.raw_insert(&key, b"garbage that fails its checksum")
-                .unwrap();
-            drop(store);
-        }
-        let store = Store::open(dir.path(), opts()).unwrap();
-        let bad = Spec {
-            actor: 3,
-            kind: 0,
-            subject: Some(1),
-            key: None,
-        };
+        let (store, good, bad) = with_garbled_actor_a3(dir.path());
         assert!(store.append_many(vec![draft(&good), draft(&bad)]).is_err());
         assert!(matches!(
             store.append(draft(&good)),
@@ -2241,38 +2220,7 @@ mod tests {
     #[test]
     fn large_group_failing_part_way_leaves_a_sound_log() {
         let dir = tempfile::tempdir().unwrap();
-        let store = init(dir.path());
-        let good = Spec {
-            actor: 0,
-            kind: 0,
-            subject: Some(1),
-            key: None,
-        };
-        store.append(draft(&good)).unwrap();
-        store.close().unwrap();
-        {
-            let store = Store::open(
-                dir.path(),
-                OpenOptions {
-                    catch_up: false,
-                    ..opts()
-                },
-            )
-            .unwrap();
-            let tree = store.storage().derived("p.registry").unwrap();
-            let mut key = vec![0x02];
-            key.extend_from_slice(b"actor:a3");
-            tree.raw_insert(&key, b"garbage that fails its checksum")
-                .unwrap();
-            drop(store);
-        }
-        let store = Store::open(dir.path(), opts()).unwrap();
-        let bad = Spec {
-            actor: 3,
-            kind: 0,
-            subject: Some(1),
-            key: None,
-        };
+        let (store, good, bad) = with_garbled_actor_a3(dir.path());
         // More than two parts are sealed and handed over before the bad one.
         let mut group: Vec<EventDraft> = (0..3 * PIPELINE_ROWS).map(|_| draft(&good)).collect();
         group.push(draft(&bad));
