@@ -427,8 +427,9 @@ const PIPELINE_ROWS: usize = 256;
 /// Parts sealed ahead of the writer at most.
 const WRITE_AHEAD_PARTS: usize = 2;
 
-/// Events per chunk of a verified scan: small enough that a chunk's decoded
-/// events stay in cache.
+/// Events per chunk a rebuild's reader hands to its fold thread (and
+/// between progress reports): small enough that a chunk's bytes are still
+/// in cache when the fold reaches them.
 const SCAN_CHUNK_EVENTS: usize = 64;
 /// An event read by a rebuild's reader thread: its sequence, its stored
 /// bytes and the hash they recompute to.
