@@ -464,6 +464,66 @@ fn offline_work_continues_and_catches_up_after_reconnecting_and_restarts() {
     assert!(text.contains("STALE"), "{text}");
 }
 
+/// Fetches up to `max` messages from the only consumer on the stream (a
+/// receiving device's, following its one peer) and never acknowledges
+/// them, as a pass that dies after delivery would. Returns how many it got.
+fn fetch_without_ack(nats: &Nats, max: usize) -> usize {
+    use futures_util::StreamExt;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let client = async_nats::connect(nats.url()).await.unwrap();
+        let js = async_nats::jetstream::new(client);
+        let stream = js.get_stream("SYNCD").await.unwrap();
+        let names: Vec<String> = stream.consumer_names().map(|n| n.unwrap()).collect().await;
+        assert_eq!(names.len(), 1, "{names:?}");
+        let consumer: async_nats::jetstream::consumer::PullConsumer =
+            stream.get_consumer(&names[0]).await.unwrap();
+        let mut batch = consumer.fetch().max_messages(max).messages().await.unwrap();
+        let mut got = 0;
+        while let Some(m) = batch.next().await {
+            m.unwrap();
+            got += 1;
+        }
+        got
+    })
+}
+
+/// A pass that died after the server delivered messages to it leaves them
+/// awaiting an acknowledgement that never comes, and the consumer does not
+/// deliver them again before that times out: the next pass reads them from
+/// the stream instead and catches up at once.
+#[test]
+fn a_pass_that_died_after_delivery_is_made_good_from_the_stream() {
+    let nats = Nats::start();
+    let (a, b) = (device("a"), device("b"));
+    ingest_ok(&a, &notes("a", 5));
+    sync_ok(&a, &nats);
+    let first = sync_ok(&b, &nats);
+    assert_eq!(first["peers"][0]["appended"], 5, "{first:#}");
+    ingest_ok(&a, &notes("a-more", 20));
+    sync_ok(&a, &nats);
+    assert_eq!(fetch_without_ack(&nats, 100), 20);
+
+    let report = sync_ok(&b, &nats);
+    let peer = &report["peers"][0];
+    assert_eq!(peer["appended"], 20, "{report:#}");
+    assert_eq!(peer["refilled"], 20, "{report:#}");
+    assert_eq!(peer["lag"], 0, "{report:#}");
+    assert!(peer["missing"].is_null(), "{report:#}");
+    assert_eq!(projections(&a), projections(&b));
+
+    // Later passes go on from there.
+    ingest_ok(&a, &notes("a-last", 3));
+    sync_ok(&a, &nats);
+    let report = sync_ok(&b, &nats);
+    assert_eq!(report["peers"][0]["appended"], 3, "{report:#}");
+    assert_eq!(report["peers"][0]["lag"], 0, "{report:#}");
+    assert_eq!(projections(&a), projections(&b));
+}
+
 /// A message's headers and body.
 type RawMessage = (Vec<(&'static str, String)>, Vec<u8>);
 

@@ -5,6 +5,11 @@
 //! device publishing its whole log and another receiving all of it, each
 //! event verified and made durable in the receiver's log.
 //!
+//! One more baseline bounds what any receiver can reach on this machine:
+//! the bare pipeline, bare publishing while a bare consumer writes each
+//! fetched batch's bytes into a bare sled database and makes it durable
+//! (flush + fsync) before acknowledging it; nothing is verified or folded.
+//!
 //! Run: `cargo bench -p sourceos-syncd-adapters --bench replication`
 //! (`SYNCD_BENCH_EVENTS=N`, default 100,000; needs `nats-server` on PATH
 //! or at /usr/sbin/nats-server).
@@ -27,7 +32,9 @@ use sourceos_syncd::{
     ActorId, DeviceId, EventDraft, EventKind, IdempotencyKey, InitOptions, OpenOptions, Payload,
     ProfileId, Seq, Store,
 };
-use sourceos_syncd_adapters::replication::{ReplicationConfig, Replicator, MAX_IN_FLIGHT};
+use sourceos_syncd_adapters::replication::{
+    ReplicationConfig, Replicator, FETCH_BATCH, MAX_IN_FLIGHT,
+};
 
 const BATCH_EVENTS: usize = 1_000;
 
@@ -191,6 +198,119 @@ fn receive_all(b: &Store, config: &ReplicationConfig, n: usize) {
     });
 }
 
+/// Publishes `payloads` on `subject` with acknowledgements, at most
+/// `MAX_IN_FLIGHT` awaiting theirs, each with a message id.
+async fn bare_publish(js: &jetstream::Context, subject: &str, payloads: &[Vec<u8>]) {
+    let mut in_flight = std::collections::VecDeque::new();
+    for (i, p) in payloads.iter().enumerate() {
+        if in_flight.len() >= MAX_IN_FLIGHT {
+            let ack: jetstream::context::PublishAckFuture = in_flight.pop_front().unwrap();
+            ack.await.unwrap();
+        }
+        let mut h = async_nats::HeaderMap::new();
+        h.insert("Nats-Msg-Id", format!("{subject}-{i}").as_str());
+        in_flight.push_back(
+            js.publish_with_headers(subject.to_owned(), h, p.clone().into())
+                .await
+                .unwrap(),
+        );
+    }
+    while let Some(ack) = in_flight.pop_front() {
+        ack.await.unwrap();
+    }
+}
+
+/// The bare pipeline: `payloads` published on one connection (on its own
+/// thread) while a durable pull consumer on another fetches them in
+/// batches as large as ours, writes each batch's bytes into a bare sled
+/// database under their stream sequence, makes it durable (flush, then
+/// fsync of the database file) and only then acknowledges the batch. Timed
+/// until the last event is durable.
+fn bare_pipeline(server: &Server, payloads: &[Vec<u8>], dir: &Path) -> Phase {
+    let n = payloads.len();
+    let url = format!("nats://127.0.0.1:{}", server.port);
+    let rt = runtime();
+    let _entered = rt.enter();
+    let js = jetstream::new(rt.block_on(async_nats::connect(&url)).unwrap());
+    let s = rt
+        .block_on(js.get_or_create_stream(stream::Config {
+            name: "PIPE".into(),
+            subjects: vec!["pipe.>".into()],
+            storage: stream::StorageType::File,
+            ..Default::default()
+        }))
+        .unwrap();
+    let c: consumer::Consumer<consumer::pull::Config> = rt
+        .block_on(s.get_or_create_consumer(
+            "pipe",
+            consumer::pull::Config {
+                durable_name: Some("pipe".into()),
+                ack_policy: consumer::AckPolicy::All,
+                max_ack_pending: 4 * FETCH_BATCH as i64,
+                ..Default::default()
+            },
+        ))
+        .unwrap();
+    let db = sled::Config::new()
+        .path(dir)
+        .cache_capacity(64 * 1024 * 1024)
+        .open()
+        .unwrap();
+    let payloads = payloads.to_vec();
+    let (phase, ()) = measure(n, server, || {
+        let publisher = std::thread::spawn(move || {
+            let rt = runtime();
+            rt.block_on(async {
+                let js = jetstream::new(async_nats::connect(&url).await.unwrap());
+                bare_publish(&js, "pipe.dev", &payloads).await;
+            });
+        });
+        rt.block_on(async {
+            // Like ours, one batch is made durable on a blocking thread
+            // while the next one is fetched.
+            let mut durable: Option<tokio::task::JoinHandle<()>> = None;
+            let mut to_ack: Option<jetstream::Message> = None;
+            let mut got = 0;
+            while got < n {
+                let mut batch = c
+                    .fetch()
+                    .max_messages(FETCH_BATCH)
+                    .messages()
+                    .await
+                    .unwrap();
+                let mut writes = sled::Batch::default();
+                let mut last = None;
+                while let Some(m) = batch.next().await {
+                    let m = m.unwrap();
+                    let seq = m.info().unwrap().stream_sequence;
+                    writes.insert(&seq.to_be_bytes(), m.payload.as_ref());
+                    got += 1;
+                    last = Some(m);
+                }
+                if let Some(m) = last {
+                    if let Some(d) = durable.take() {
+                        d.await.unwrap();
+                        to_ack.take().unwrap().ack().await.unwrap();
+                    }
+                    let (db, file) = (db.clone(), dir.join("db"));
+                    durable = Some(tokio::task::spawn_blocking(move || {
+                        db.apply_batch(writes).unwrap();
+                        db.flush().unwrap();
+                        std::fs::File::open(file).unwrap().sync_all().unwrap();
+                    }));
+                    to_ack = Some(m);
+                }
+            }
+            if let Some(d) = durable.take() {
+                d.await.unwrap();
+                to_ack.take().unwrap().double_ack().await.unwrap();
+            }
+        });
+        publisher.join().unwrap();
+    });
+    phase
+}
+
 /// Bare JetStream on the same server: publish the same bytes with
 /// acknowledgements (same number in flight), then consume them.
 fn bare(server: &Server, payloads: &[Vec<u8>]) -> (Phase, Phase) {
@@ -213,25 +333,7 @@ fn bare(server: &Server, payloads: &[Vec<u8>]) -> (Phase, Phase) {
         }))
         .unwrap();
     let (publish, ()) = measure(n, server, || {
-        rt.block_on(async {
-            let mut in_flight = std::collections::VecDeque::new();
-            for (i, p) in payloads.iter().enumerate() {
-                if in_flight.len() >= MAX_IN_FLIGHT {
-                    let ack: jetstream::context::PublishAckFuture = in_flight.pop_front().unwrap();
-                    ack.await.unwrap();
-                }
-                let mut h = async_nats::HeaderMap::new();
-                h.insert("Nats-Msg-Id", format!("bare-{i}").as_str());
-                in_flight.push_back(
-                    js.publish_with_headers("bare.dev", h, p.clone().into())
-                        .await
-                        .unwrap(),
-                );
-            }
-            while let Some(ack) = in_flight.pop_front() {
-                ack.await.unwrap();
-            }
-        })
+        rt.block_on(bare_publish(&js, "bare.dev", payloads))
     });
     let c: consumer::Consumer<consumer::pull::Config> = rt
         .block_on(s.get_or_create_consumer(
@@ -247,13 +349,7 @@ fn bare(server: &Server, payloads: &[Vec<u8>]) -> (Phase, Phase) {
         rt.block_on(async {
             let mut got = 0;
             while got < n {
-                let mut batch = c
-                    .fetch()
-                    .max_messages(256)
-                    .expires(Duration::from_millis(300))
-                    .messages()
-                    .await
-                    .unwrap();
+                let mut batch = c.fetch().max_messages(256).messages().await.unwrap();
                 let mut last = None;
                 while let Some(m) = batch.next().await {
                     got += 1;
@@ -273,7 +369,7 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(100_000);
-    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let dirs: Vec<tempfile::TempDir> = (0..4).map(|_| tempfile::tempdir().unwrap()).collect();
     let a = new_store(dirs[0].path(), "device:a");
     let mut i = 0;
     while i < n {
@@ -294,6 +390,7 @@ fn main() {
 
     let server = start_server();
     let (bare_pub, bare_sub) = bare(&server, &payloads);
+    let pipeline = bare_pipeline(&server, &payloads, dirs[3].path());
     drop(payloads);
 
     // Catch-up end to end: A publishes its whole log while B, on its own
@@ -346,6 +443,19 @@ fn main() {
         &ours_sub,
     );
     let e2e_rate = rate(n, e2e.wall);
+    let pipe_rate = rate(n, pipeline.wall);
+    println!(
+        "| bare pipeline (bare publish while a bare consumer makes each batch durable in bare sled) vs bare publish: the ceiling here | {bare_pub_rate:.0} | {pipe_rate:.0} (bare) | {:.2} | {:.1} | {:.1} | (report) |",
+        pipe_rate / bare_pub_rate,
+        bare_pub.cpu_us_per_event,
+        pipeline.cpu_us_per_event
+    );
+    println!(
+        "| catch-up end to end vs the bare pipeline | {pipe_rate:.0} | {e2e_rate:.0} | {:.2} | {:.1} | {:.1} | (report) |",
+        e2e_rate / pipe_rate,
+        pipeline.cpu_us_per_event,
+        e2e.cpu_us_per_event
+    );
     println!(
         "| **catch-up end to end** (ours: publish and receive concurrently until all durable at the receiver) vs bare publish | {bare_pub_rate:.0} | {e2e_rate:.0} | {:.2} | {:.1} | {:.1} | >= 0.40 |",
         e2e_rate / bare_pub_rate,

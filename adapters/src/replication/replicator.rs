@@ -46,8 +46,13 @@ pub const MAX_RECEIVE_PER_PEER: usize = 100_000;
 pub const MAX_REFILL_LOOKUPS: usize = 4_096;
 /// Peers followed at most.
 pub const MAX_PEERS: usize = 256;
-/// How long a fetch waits for messages.
-const FETCH_WAIT_MS: u64 = 300;
+/// How long a fetch may go without delivering anything (a message or its
+/// end) before the pass stops waiting for it. A fetch asks for what is
+/// there now and the server answers at once, so this only bounds a server
+/// that stopped answering; what it delivers afterwards to the abandoned
+/// request is redelivered after `ACK_WAIT_MS`, or read from the stream at
+/// the end of the pass.
+const FETCH_STALL_MS: u64 = 5_000;
 /// Connection timeout.
 const CONNECT_TIMEOUT_MS: u64 = 2_000;
 /// JetStream request timeout.
@@ -496,15 +501,26 @@ impl Replicator {
         // overlaps the network and hashing work of the next.
         let mut committing: Option<Commit> = None;
         'fetch: while applied < MAX_RECEIVE_PER_PEER {
+            // No expiry: a fetch without one ends as soon as the server has
+            // delivered what it holds. With one, nats-server 2.9 holds an
+            // unanswerable fetch until it expires, which made every pass
+            // that caught up (a daemon's usual pass) wait that long.
             let mut batch = consumer
                 .fetch()
                 .max_messages(FETCH_BATCH)
-                .expires(Duration::from_millis(FETCH_WAIT_MS))
                 .messages()
                 .await
                 .map_err(js("fetch"))?;
             let mut got = 0usize;
-            while let Some(msg) = batch.next().await {
+            let mut stalled = false;
+            loop {
+                let stall = Duration::from_millis(FETCH_STALL_MS);
+                let Ok(next) = tokio::time::timeout(stall, batch.next()).await else {
+                    tracing::warn!(peer, "a fetch stopped answering; ending the pass");
+                    stalled = true;
+                    break;
+                };
+                let Some(msg) = next else { break };
                 let msg = msg.map_err(js("fetch"))?;
                 got += 1;
                 let stream_seq = msg.info().map(|i| i.stream_sequence).unwrap_or_default();
@@ -548,7 +564,7 @@ impl Replicator {
                     verified,
                     pending.tip(),
                 ) {
-                    Ok(env) => pending.push(&position, env, Some(msg)),
+                    Ok(env) => pending.push(&position, env, msg, stream_seq),
                     Err(reason) => {
                         Self::refuse(stream_seq, Some(position.seq), reason, &mut report);
                     }
@@ -564,7 +580,7 @@ impl Replicator {
                     committing = self.start_commit(&mut pending);
                 }
             }
-            if got == 0 {
+            if got == 0 || stalled {
                 break;
             }
             // Between fetches: start committing what is verified unless a
@@ -594,12 +610,17 @@ impl Replicator {
         }
         report.stream_head = self.stream_head(peer).await?.map_or(0, |p| p.seq);
         // Positions delivered to an earlier, interrupted pass are not
-        // delivered again until their acknowledgement times out: read
-        // them from the stream instead of waiting.
+        // delivered again until their acknowledgement times out, and the
+        // consumer never delivers again what it has passed: read those
+        // from the stream instead of waiting. Positions published after
+        // this pass's last fetch are not among them; the consumer still
+        // holds them for the next pass, so reading them here would only
+        // fetch them twice.
         if report.missing.is_none()
             && report.refused.is_empty()
             && report.stream_head > pending.tip().seq
             && applied < MAX_RECEIVE_PER_PEER
+            && !Self::delivers_the_rest(&mut consumer).await?
         {
             let until = report
                 .stream_head
@@ -618,6 +639,16 @@ impl Replicator {
         report.applied_through = pending.tip().seq;
         report.lag = report.stream_head.saturating_sub(report.applied_through);
         Ok(report)
+    }
+
+    /// Whether the consumer will deliver what lies beyond the applied tip
+    /// by itself: it holds undelivered messages and none of those it
+    /// delivered awaits an acknowledgement.
+    async fn delivers_the_rest(
+        consumer: &mut consumer::Consumer<consumer::pull::Config>,
+    ) -> Result<bool, ReplicationError> {
+        let info = consumer.info().await.map_err(js("consumer info"))?;
+        Ok(info.num_pending > 0 && info.num_ack_pending == 0)
     }
 
     fn refuse(stream_seq: u64, seq: Option<u64>, reason: String, report: &mut PeerReport) {
@@ -941,11 +972,15 @@ impl Pending {
         self.items.len()
     }
 
-    fn push(&mut self, p: &Position, env: Option<core::Envelope>, msg: Option<jetstream::Message>) {
-        let stream_seq = msg
-            .as_ref()
-            .and_then(|m| m.info().ok())
-            .map_or(0, |i| i.stream_sequence);
+    /// Queues a delivered position; `stream_seq` was read from the
+    /// message's reply subject already (parsing it is not free).
+    fn push(
+        &mut self,
+        p: &Position,
+        env: Option<core::Envelope>,
+        msg: jetstream::Message,
+        stream_seq: u64,
+    ) {
         self.items.push(PendingItem {
             at: Anchor {
                 seq: p.seq,
@@ -953,7 +988,7 @@ impl Pending {
             },
             env,
             event: false,
-            msg,
+            msg: Some(msg),
             stream_seq,
         });
     }
