@@ -1,7 +1,8 @@
 //! Replication catch-up through one local `nats-server`, against bare
-//! JetStream measured in the same run on the same server: publishing the
-//! same bytes (same subject shape, same number in flight) and consuming
-//! them through a durable pull consumer with acknowledgements. Ours is one
+//! JetStream measured in the same run on the same kind of server (each
+//! comparison starts on a fresh one): publishing the same bytes (same
+//! subject shape, same number in flight) and consuming them through a
+//! durable pull consumer with acknowledgements. Ours is one
 //! device publishing its whole log and another receiving all of it, each
 //! event verified and made durable in the receiver's log.
 //!
@@ -388,14 +389,20 @@ fn main() {
     }
     let bytes: usize = payloads.iter().map(Vec::len).sum();
 
+    // Every comparison starts on a fresh server: one that already holds
+    // other streams spends more of its CPU on its own memory.
     let server = start_server();
     let (bare_pub, bare_sub) = bare(&server, &payloads);
+    drop(server);
+    let server = start_server();
     let pipeline = bare_pipeline(&server, &payloads, dirs[3].path());
+    drop(server);
     drop(payloads);
 
     // Catch-up end to end: A publishes its whole log while B, on its own
     // thread as a second daemon would, receives and verifies all of it.
     // The time is from the start until B holds every event durably.
+    let server = start_server();
     let config = config_for(&server);
     let b = new_store(dirs[1].path(), "device:b");
     let (e2e, ()) = measure(n, &server, || {
@@ -409,7 +416,7 @@ fn main() {
     b.close().unwrap();
     drop(server);
 
-    // Each side alone, on a second server: where the time goes.
+    // Each side alone, on another server: where the time goes.
     let server = start_server();
     let config = config_for(&server);
     let (ours_pub, ()) = measure(n, &server, || publish_all(&a, &config, n));
