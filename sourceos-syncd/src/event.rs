@@ -506,6 +506,13 @@ impl Envelope {
     /// carry that same hash.
     pub fn verify(bytes: &[u8]) -> Result<Envelope, EventDamage> {
         let stored = Self::check_hash(bytes)?;
+        Self::verify_hashed(bytes, stored)
+    }
+
+    /// The rest of [`Envelope::verify`] for bytes whose [`Envelope::check_hash`]
+    /// returned `stored`: together they are exactly `verify`, split so that
+    /// hashing and decoding can run on different threads.
+    pub(crate) fn verify_hashed(bytes: &[u8], stored: Digest) -> Result<Envelope, EventDamage> {
         let envelope = Self::decode(bytes)?;
         if envelope.hash != stored {
             return Err(EventDamage::Framing(
@@ -735,6 +742,19 @@ impl Envelope {
             session: self.session.clone(),
             idempotency_key: self.idem.clone(),
             payload: self.payload.clone(),
+        }
+    }
+
+    /// The draft this event was sealed from, taking its fields rather than
+    /// copying them (the store re-seals each received event this way).
+    pub(crate) fn into_draft(self) -> EventDraft {
+        EventDraft {
+            actor: self.actor,
+            kind: self.kind,
+            subject: self.subject,
+            session: self.session,
+            idempotency_key: self.idem,
+            payload: self.payload,
         }
     }
 

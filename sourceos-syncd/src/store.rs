@@ -427,16 +427,16 @@ const PIPELINE_ROWS: usize = 256;
 /// Parts sealed ahead of the writer at most.
 const WRITE_AHEAD_PARTS: usize = 2;
 
-/// Events per chunk a rebuild's reader hands to its fold thread (and
-/// between progress reports): small enough that a chunk's bytes are still
-/// in cache when the fold reaches them.
-const SCAN_CHUNK_EVENTS: usize = 64;
+/// Events per chunk a rebuild's (or the doctor's) reader hands to its fold
+/// thread (and between progress reports): small enough that a chunk's
+/// bytes are still in cache when the fold reaches them.
+pub(crate) const SCAN_CHUNK_EVENTS: usize = 64;
 /// An event read by a rebuild's reader thread: its sequence, its stored
 /// bytes and the hash they recompute to.
 type Hashed = (Seq, crate::storage::StoredBytes, Digest);
 
-/// Chunks a rebuild's reader thread may be ahead of the fold.
-const PIPELINE_CHUNKS: usize = 4;
+/// Chunks a rebuild's (or the doctor's) reader may be ahead of the fold.
+pub(crate) const PIPELINE_CHUNKS: usize = 4;
 
 /// The database directory inside a home.
 pub fn db_dir(home: &Path) -> PathBuf {
@@ -980,6 +980,13 @@ impl Store {
                 .take()
                 .unwrap_or_default();
             let mut out = Vec::with_capacity(drafts.len());
+            // Room for every key and origin slot of the request at once:
+            // growing the maps while sealing rehashed them several times
+            // per group. Received events come in requests of their own.
+            b.in_batch.reserve(drafts.len());
+            if matches!(drafts.first(), Some(Submission::Foreign(_))) {
+                b.in_batch_origins.reserve(drafts.len());
+            }
             for submission in drafts {
                 let outcome = match submission {
                     Submission::Local(draft) => self.commit_local(st, b, draft, false)?,
@@ -994,7 +1001,7 @@ impl Store {
                             Some((present, local)) => self.same_origin(o.hash, present, local, &o),
                             None => {
                                 let origin = (env.id(), env.recorded_at(), o);
-                                self.seal_into(st, b, env.to_draft(), Some(origin))?
+                                self.seal_into(st, b, env.into_draft(), Some(origin))?
                             }
                         }
                     }
@@ -1821,6 +1828,12 @@ impl Store {
         drop(st);
         self.inner.storage.sync_durable()?;
         Ok(written)
+    }
+
+    /// The cores this process may use (a scan splits its work over two
+    /// threads only when there are two).
+    pub(crate) fn cores(&self) -> usize {
+        self.inner.cores
     }
 
     pub(crate) fn storage(&self) -> &Storage {
