@@ -469,13 +469,8 @@ fn offline_work_continues_and_catches_up_after_reconnecting_and_restarts() {
 /// them, as a pass that dies after delivery would. Returns how many it got.
 fn fetch_without_ack(nats: &Nats, max: usize) -> usize {
     use futures_util::StreamExt;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let (rt, js) = jetstream(nats);
     rt.block_on(async {
-        let client = async_nats::connect(nats.url()).await.unwrap();
-        let js = async_nats::jetstream::new(client);
         let stream = js.get_stream("SYNCD").await.unwrap();
         let names: Vec<String> = stream.consumer_names().map(|n| n.unwrap()).collect().await;
         assert_eq!(names.len(), 1, "{names:?}");
@@ -527,15 +522,23 @@ fn a_pass_that_died_after_delivery_is_made_good_from_the_stream() {
 /// A message's headers and body.
 type RawMessage = (Vec<(&'static str, String)>, Vec<u8>);
 
-/// Publishes raw messages into the stream, as a rogue client would.
-fn publish_raw(nats: &Nats, subject: &str, messages: Vec<RawMessage>) {
+/// A runtime and a JetStream client of `nats`, as a rogue or test client.
+fn jetstream(nats: &Nats) -> (tokio::runtime::Runtime, async_nats::jetstream::Context) {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
-    rt.block_on(async {
+    let js = rt.block_on(async {
         let client = async_nats::connect(nats.url()).await.unwrap();
-        let js = async_nats::jetstream::new(client);
+        async_nats::jetstream::new(client)
+    });
+    (rt, js)
+}
+
+/// Publishes raw messages into the stream, as a rogue client would.
+fn publish_raw(nats: &Nats, subject: &str, messages: Vec<RawMessage>) {
+    let (rt, js) = jetstream(nats);
+    rt.block_on(async {
         for (headers, body) in messages {
             let mut h = async_nats::HeaderMap::new();
             for (k, v) in headers {

@@ -199,6 +199,43 @@ fn receive_all(b: &Store, config: &ReplicationConfig, n: usize) {
     });
 }
 
+/// A file-backed stream `name` over `subjects`.
+fn file_stream(
+    rt: &tokio::runtime::Runtime,
+    js: &jetstream::Context,
+    name: &str,
+    subjects: &str,
+) -> stream::Stream {
+    rt.block_on(js.get_or_create_stream(stream::Config {
+        name: name.into(),
+        subjects: vec![subjects.into()],
+        storage: stream::StorageType::File,
+        ..Default::default()
+    }))
+    .unwrap()
+}
+
+/// A durable pull consumer `name` of `s` acknowledging everything up to
+/// the message acknowledged; `max_ack_pending` 0 leaves the server's
+/// default.
+fn durable(
+    rt: &tokio::runtime::Runtime,
+    s: &stream::Stream,
+    name: &str,
+    max_ack_pending: i64,
+) -> consumer::Consumer<consumer::pull::Config> {
+    rt.block_on(s.get_or_create_consumer(
+        name,
+        consumer::pull::Config {
+            durable_name: Some(name.into()),
+            ack_policy: consumer::AckPolicy::All,
+            max_ack_pending,
+            ..Default::default()
+        },
+    ))
+    .unwrap()
+}
+
 /// Publishes `payloads` on `subject` with acknowledgements, at most
 /// `MAX_IN_FLIGHT` awaiting theirs, each with a message id.
 async fn bare_publish(js: &jetstream::Context, subject: &str, payloads: &[Vec<u8>]) {
@@ -233,25 +270,8 @@ fn bare_pipeline(server: &Server, payloads: &[Vec<u8>], dir: &Path) -> Phase {
     let rt = runtime();
     let _entered = rt.enter();
     let js = jetstream::new(rt.block_on(async_nats::connect(&url)).unwrap());
-    let s = rt
-        .block_on(js.get_or_create_stream(stream::Config {
-            name: "PIPE".into(),
-            subjects: vec!["pipe.>".into()],
-            storage: stream::StorageType::File,
-            ..Default::default()
-        }))
-        .unwrap();
-    let c: consumer::Consumer<consumer::pull::Config> = rt
-        .block_on(s.get_or_create_consumer(
-            "pipe",
-            consumer::pull::Config {
-                durable_name: Some("pipe".into()),
-                ack_policy: consumer::AckPolicy::All,
-                max_ack_pending: 4 * FETCH_BATCH as i64,
-                ..Default::default()
-            },
-        ))
-        .unwrap();
+    let s = file_stream(&rt, &js, "PIPE", "pipe.>");
+    let c = durable(&rt, &s, "pipe", 4 * FETCH_BATCH as i64);
     let db = sled::Config::new()
         .path(dir)
         .cache_capacity(64 * 1024 * 1024)
@@ -325,27 +345,13 @@ fn bare(server: &Server, payloads: &[Vec<u8>]) -> (Phase, Phase) {
         )))
         .unwrap();
     let js = jetstream::new(client);
-    let s = rt
-        .block_on(js.get_or_create_stream(stream::Config {
-            name: "BARE".into(),
-            subjects: vec!["bare.>".into()],
-            storage: stream::StorageType::File,
-            ..Default::default()
-        }))
-        .unwrap();
+    let s = file_stream(&rt, &js, "BARE", "bare.>");
     let (publish, ()) = measure(n, server, || {
         rt.block_on(bare_publish(&js, "bare.dev", payloads))
     });
-    let c: consumer::Consumer<consumer::pull::Config> = rt
-        .block_on(s.get_or_create_consumer(
-            "bare",
-            consumer::pull::Config {
-                durable_name: Some("bare".into()),
-                ack_policy: consumer::AckPolicy::All,
-                ..Default::default()
-            },
-        ))
-        .unwrap();
+    // The server's default limit of unacknowledged messages: batches of
+    // 256 stay well under it.
+    let c = durable(&rt, &s, "bare", 0);
     let (consume, ()) = measure(n, server, || {
         rt.block_on(async {
             let mut got = 0;

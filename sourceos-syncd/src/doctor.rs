@@ -444,9 +444,10 @@ impl LogCheck {
         }
         self.expect = seq.saturating_add(1);
         // Exactly `Envelope::verify`, its hashing done by the reader.
-        let verified = hash
-            .clone()
-            .and_then(|stored| Envelope::verify_hashed(v, stored));
+        let verified = match &hash {
+            Ok(stored) => Envelope::verify_hashed(v, *stored),
+            Err(d) => Err(d.clone()),
+        };
         match verified {
             Err(d) => {
                 let code = match d {
