@@ -464,6 +464,59 @@ fn offline_work_continues_and_catches_up_after_reconnecting_and_restarts() {
     assert!(text.contains("STALE"), "{text}");
 }
 
+/// Devices that connect for the first time at the same moment each find
+/// the stream missing and create it; whichever loses that race must use
+/// the one the other created instead of failing. (Connected from one
+/// process so that their requests do meet.)
+#[test]
+fn replicators_connecting_together_to_a_fresh_server_all_connect() {
+    use sourceos_syncd::{DeviceId, InitOptions, OpenOptions, ProfileId, Store};
+    use sourceos_syncd_adapters::replication::{ReplicationConfig, Replicator};
+    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let stores: Vec<Store> = dirs
+        .iter()
+        .zip(["device:a", "device:b", "device:c"])
+        .map(|(dir, device)| {
+            Store::init(
+                dir.path(),
+                InitOptions {
+                    device: Some(DeviceId::new(device).unwrap()),
+                    profile: ProfileId::new(PROFILE).unwrap(),
+                    created_at: None,
+                },
+                OpenOptions::default(),
+            )
+            .unwrap()
+        })
+        .collect();
+    for round in 0..5 {
+        let nats = Nats::start();
+        let mut config = ReplicationConfig::default();
+        config.set_servers(vec![nats.url()]).unwrap();
+        config.enabled = true;
+        let start = std::sync::Arc::new(std::sync::Barrier::new(stores.len()));
+        let threads: Vec<_> = stores
+            .iter()
+            .map(|s| {
+                let (s, config, start) = (s.clone(), config.clone(), start.clone());
+                std::thread::spawn(move || {
+                    let rt = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .unwrap();
+                    start.wait();
+                    rt.block_on(Replicator::connect(s, &config)).map(|_| ())
+                })
+            })
+            .collect();
+        for (device, t) in ["a", "b", "c"].iter().zip(threads) {
+            if let Err(e) = t.join().unwrap() {
+                panic!("round {round}, device {device}: {e}");
+            }
+        }
+    }
+}
+
 /// Fetches up to `max` messages from the only consumer on the stream (a
 /// receiving device's, following its one peer) and never acknowledges
 /// them, as a pass that dies after delivery would. Returns how many it got.

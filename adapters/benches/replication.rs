@@ -184,16 +184,30 @@ fn publish_all(a: &Store, config: &ReplicationConfig, n: usize) {
     });
 }
 
+/// How long receiving may go without appending anything before the bench
+/// gives up and shows the last passes, rather than spinning unseen.
+const STALLED_AFTER_S: u64 = 60;
+
 /// Receives until `b` has appended `n` events.
 fn receive_all(b: &Store, config: &ReplicationConfig, n: usize) {
     runtime().block_on(async {
         let r = Replicator::connect(b.clone(), config).await.unwrap();
         let mut applied = 0u64;
+        let mut progressed = Instant::now();
         while (applied as usize) < n {
-            for p in r.receive().await.unwrap() {
+            let reports = r.receive().await.unwrap();
+            let before = applied;
+            for p in &reports {
                 assert!(p.refused.is_empty(), "{:?}", p.refused);
                 applied += p.appended;
             }
+            if applied > before {
+                progressed = Instant::now();
+            }
+            assert!(
+                progressed.elapsed() < Duration::from_secs(STALLED_AFTER_S),
+                "no event appended for {STALLED_AFTER_S} s at {applied} of {n}; last passes: {reports:?}"
+            );
         }
         assert_eq!(applied as usize, n, "every event must arrive");
     });

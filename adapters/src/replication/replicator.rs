@@ -237,19 +237,25 @@ impl Replicator {
                 reason: e.to_string(),
             })?;
         let context = jetstream::new(client);
-        let stream = context
-            .get_or_create_stream(stream::Config {
-                name: config.stream.clone(),
-                subjects: vec![format!("{}.>", wire::SUBJECT_PREFIX)],
-                storage: stream::StorageType::File,
-                num_replicas: config.stream_replicas,
-                duplicate_window: Duration::from_millis(DUPLICATE_WINDOW_MS),
-                max_message_size: i32::try_from(core::MAX_ENVELOPE_BYTES + 1024)
-                    .unwrap_or(i32::MAX),
-                ..Default::default()
-            })
-            .await
-            .map_err(js("stream"))?;
+        let wanted = stream::Config {
+            name: config.stream.clone(),
+            subjects: vec![format!("{}.>", wire::SUBJECT_PREFIX)],
+            storage: stream::StorageType::File,
+            num_replicas: config.stream_replicas,
+            duplicate_window: Duration::from_millis(DUPLICATE_WINDOW_MS),
+            max_message_size: i32::try_from(core::MAX_ENVELOPE_BYTES + 1024).unwrap_or(i32::MAX),
+            ..Default::default()
+        };
+        let stream = match context.get_or_create_stream(wanted).await {
+            Ok(s) => s,
+            // Another device connecting at the same moment may have created
+            // it between this one's lookup and its creation (the server then
+            // refuses the second as overlapping the first): use that one.
+            Err(refused) => context
+                .get_stream(&config.stream)
+                .await
+                .map_err(|_| js("stream")(refused))?,
+        };
         let meta = store.meta();
         let profile = meta.profile.to_string();
         let device = meta.device.to_string();
