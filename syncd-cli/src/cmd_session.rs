@@ -47,16 +47,13 @@ fn lease(s: &core::SessionView) -> String {
 
 /// Runs `syncd sessions`.
 pub fn sessions(cli: &Cli, home: &Path, a: &ListArgs) -> Result<u8, Failure> {
-    let store = crate::commands::open(cli, home, true)?;
-    let list = core::sessions(&store).map_err(|e| Failure::store(&e));
-    crate::commands::close(store)?;
-    let list = list?;
-    let mut out = Out::new();
-    if a.json {
-        out.json_pretty(&list)?;
-    } else {
-        for s in &list {
-            out.line(&format!(
+    crate::commands::listing(
+        cli,
+        home,
+        a.json,
+        |store| core::sessions(store).map_err(|e| Failure::store(&e)),
+        |s| {
+            format!(
                 "{}  {}  {} turn(s), {} live  {}  {} event(s)  opened {} by {}",
                 s.session_ref,
                 s.state,
@@ -66,14 +63,10 @@ pub fn sessions(cli: &Cli, home: &Path, a: &ListArgs) -> Result<u8, Failure> {
                 s.events,
                 s.opened_at,
                 s.opened_by
-            ))?;
-        }
-        if list.is_empty() {
-            out.line("no sessions")?;
-        }
-    }
-    out.flush()?;
-    Ok(exit::OK)
+            )
+        },
+        Some("no sessions"),
+    )
 }
 
 /// Runs `syncd session ID`.

@@ -843,16 +843,45 @@ fn explain(cli: &Cli, home: &Path, a: &crate::cli::ExplainArgs) -> Result<u8, Fa
     Ok(exit::OK)
 }
 
-fn list_objects(cli: &Cli, home: &Path, a: &crate::cli::ListArgs) -> Result<u8, Failure> {
+/// Runs a listing command: reads the list from the store, which is closed
+/// again before anything is printed whether or not the read succeeded,
+/// then prints it as JSON, or one line per item (`empty` when there is
+/// none).
+pub(crate) fn listing<T: serde::Serialize>(
+    cli: &Cli,
+    home: &Path,
+    json: bool,
+    read: impl FnOnce(&core::Store) -> Result<Vec<T>, Failure>,
+    line: impl Fn(&T) -> String,
+    empty: Option<&str>,
+) -> Result<u8, Failure> {
     let store = open(cli, home, true)?;
-    let list = core::objects(&store).map_err(|e| Failure::store(&e))?;
+    let list = read(&store);
     close(store)?;
+    let list = list?;
     let mut out = Out::new();
-    if a.json {
+    if json {
         out.json_pretty(&list)?;
     } else {
-        for o in &list {
-            out.line(&format!(
+        for item in &list {
+            out.line(&line(item))?;
+        }
+        if let (true, Some(text)) = (list.is_empty(), empty) {
+            out.line(text)?;
+        }
+    }
+    out.flush()?;
+    Ok(exit::OK)
+}
+
+fn list_objects(cli: &Cli, home: &Path, a: &crate::cli::ListArgs) -> Result<u8, Failure> {
+    listing(
+        cli,
+        home,
+        a.json,
+        |store| core::objects(store).map_err(|e| Failure::store(&e)),
+        |o| {
+            format!(
                 "{:<32} {:<14} {:<10} {:<20} {:<8} {}",
                 o.object_id,
                 o.object_type.as_deref().unwrap_or("-"),
@@ -860,11 +889,10 @@ fn list_objects(cli: &Cli, home: &Path, a: &crate::cli::ListArgs) -> Result<u8, 
                 o.version,
                 if o.may_sync { "sync" } else { "BLOCKED" },
                 o.last_modified_by
-            ))?;
-        }
-    }
-    out.flush()?;
-    Ok(exit::OK)
+            )
+        },
+        None,
+    )
 }
 
 fn list_records(
@@ -874,52 +902,46 @@ fn list_records(
     kind: core::RecordKind,
     id_field: &str,
 ) -> Result<u8, Failure> {
-    let store = open(cli, home, true)?;
-    let list = core::records(&store, kind).map_err(|e| Failure::store(&e))?;
-    close(store)?;
-    let mut out = Out::new();
-    if a.json {
-        out.json_pretty(&list)?;
-    } else {
-        for r in &list {
+    listing(
+        cli,
+        home,
+        a.json,
+        |store| core::records(store, kind).map_err(|e| Failure::store(&e)),
+        |r| {
             let id = r.get(id_field).and_then(|v| v.as_str()).unwrap_or("-");
             let name = r.get("display_name").and_then(|v| v.as_str()).unwrap_or("");
             let revoked = r.get("revoked").and_then(|v| v.as_bool()) == Some(true);
-            out.line(&format!(
+            format!(
                 "{id:<36} {name}{}",
                 if revoked { "  (revoked)" } else { "" }
-            ))?;
-        }
-    }
-    out.flush()?;
-    Ok(exit::OK)
+            )
+        },
+        None,
+    )
 }
 
 fn list_conflicts(cli: &Cli, home: &Path, a: &crate::cli::ListArgs) -> Result<u8, Failure> {
-    let store = open(cli, home, true)?;
-    let list = core::conflicts(&store).map_err(|e| Failure::store(&e))?;
-    close(store)?;
-    let mut out = Out::new();
-    if a.json {
-        out.json_pretty(&list)?;
-    } else {
-        for c in &list {
+    listing(
+        cli,
+        home,
+        a.json,
+        |store| core::conflicts(store).map_err(|e| Failure::store(&e)),
+        |c| {
             let state = match &c.selected_option {
                 Some(o) => format!("resolved ({o:?})").to_lowercase(),
                 None => format!("open, recommended {:?}", c.recommended_option).to_lowercase(),
             };
-            out.line(&format!(
+            format!(
                 "{}  {}  {} vs {} on {}  {state}",
                 c.conflict_id,
                 c.object_id,
                 c.actors.first().map_or("-", String::as_str),
                 c.actors.get(1).map_or("-", String::as_str),
                 c.devices.join(", ")
-            ))?;
-        }
-    }
-    out.flush()?;
-    Ok(exit::OK)
+            )
+        },
+        None,
+    )
 }
 
 fn txn(cli: &Cli, home: &Path, t: &TxnCommand) -> Result<u8, Failure> {
