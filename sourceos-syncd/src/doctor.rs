@@ -18,14 +18,12 @@ use serde::Serialize;
 use crate::event::{genesis, Envelope, EventDamage, EventDraft, Payload};
 use crate::evidence::{self, EvidenceRef, EvidenceState};
 use crate::ids::{ActorId, Digest, EventKind, Seq};
+use crate::pipeline;
 use crate::projection::{
     self, builtin_named, key_hex, read_checkpoint, unframe, FreshState, CHECKPOINT_KEY,
 };
 use crate::storage::{StorageError, DERIVED_PREFIX, META_TREE};
-use crate::store::{
-    AppendError, AppendOutcome, Progress, ReadError, RebuildError, Store, PIPELINE_CHUNKS,
-    SCAN_CHUNK_EVENTS,
-};
+use crate::store::{AppendError, AppendOutcome, Progress, ReadError, RebuildError, Store};
 
 /// Findings of one code listed per tree before the rest are summarised.
 const MAX_FINDINGS_PER_CODE: usize = 20;
@@ -275,10 +273,8 @@ struct LogScan {
 ///
 /// With two cores the calling thread reads the log and recomputes each
 /// event's hash while a second thread decodes, checks and folds, as a
-/// rebuild does (reading stays on the calling thread for the same reason:
-/// sled's page copies on a helper thread's allocator arena cost a page
-/// fault each in a process that has done much other work). Findings are
-/// the same either way, in log order.
+/// rebuild does (`pipeline`). Findings are the same either way, in log
+/// order.
 fn scan_log(
     store: &Store,
     findings: &mut Findings,
@@ -315,49 +311,36 @@ fn scan_log_on(
         }
     } else {
         let found = &mut *findings;
-        check = std::thread::scope(|scope| {
-            let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<Scanned>>(PIPELINE_CHUNKS);
-            let checker = std::thread::Builder::new()
-                .name("syncd-doctor".into())
-                .spawn_scoped(scope, move || {
-                    for chunk in rx.iter() {
-                        for (k, v, hash) in chunk {
-                            check.record(&k, &v, hash, found, &mut each);
-                        }
-                    }
-                    check
-                })
-                .map_err(|e| StorageError::Panicked {
-                    doing: "starting the checking thread for",
-                    path: store.home().to_path_buf(),
-                    message: e.to_string(),
-                })?;
-            let mut chunk = Vec::with_capacity(SCAN_CHUNK_EVENTS);
-            for item in store.scan_raw(Seq::FIRST) {
-                // On a read error the sender goes with this closure, the
-                // checker ends and the scope joins it.
-                let (k, v) = item?;
-                let hash = Envelope::check_hash(&v);
-                chunk.push((k, v, hash));
-                read += 1;
-                if chunk.len() >= SCAN_CHUNK_EVENTS {
-                    let full = std::mem::replace(&mut chunk, Vec::with_capacity(SCAN_CHUNK_EVENTS));
-                    if tx.send(full).is_err() {
+        let (read_all, checked) = pipeline::run(
+            "syncd-doctor",
+            |feed| {
+                for item in store.scan_raw(Seq::FIRST) {
+                    let (k, v) = item?;
+                    let hash = Envelope::check_hash(&v);
+                    read += 1;
+                    if !feed.push((k, v, hash)) {
                         break;
                     }
+                    if read % PROGRESS_EVENTS == 0 {
+                        progress(read, head_seq);
+                    }
                 }
-                if read % PROGRESS_EVENTS == 0 {
-                    progress(read, head_seq);
+                Ok::<(), StorageError>(())
+            },
+            move |scanned: &mut dyn Iterator<Item = Scanned>| {
+                for (k, v, hash) in scanned {
+                    check.record(&k, &v, hash, found, &mut each);
                 }
-            }
-            let _ = tx.send(chunk);
-            drop(tx);
-            checker.join().map_err(|_| StorageError::Panicked {
-                doing: "checking the log of",
-                path: store.home().to_path_buf(),
-                message: "the checking thread panicked".into(),
-            })
+                check
+            },
+        )
+        .map_err(|e| StorageError::Panicked {
+            doing: "checking the log of",
+            path: store.home().to_path_buf(),
+            message: e.to_string(),
         })?;
+        read_all?;
+        check = checked;
     }
     progress(check.events, head_seq);
     if check.events != head_seq && check.sound {

@@ -25,6 +25,7 @@ mod kinds;
 mod lanes;
 mod lifecycle;
 mod model;
+mod pipeline;
 mod policy;
 mod projection;
 mod providers;

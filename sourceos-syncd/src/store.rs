@@ -21,6 +21,7 @@ use crate::ids::{
     DeviceId, Digest, IdempotencyKey, InvalidValue, ProfileId, Seq, Subject, Timestamp,
 };
 use crate::model::Effect;
+use crate::pipeline;
 use crate::policy::{LocalPolicy, PolicyHook};
 use crate::projection::{
     self, idempotency, origins, registry, subjects, summary, Engine, FreshFold, Head,
@@ -427,16 +428,9 @@ const PIPELINE_ROWS: usize = 256;
 /// Parts sealed ahead of the writer at most.
 const WRITE_AHEAD_PARTS: usize = 2;
 
-/// Events per chunk a rebuild's (or the doctor's) reader hands to its fold
-/// thread (and between progress reports): small enough that a chunk's
-/// bytes are still in cache when the fold reaches them.
-pub(crate) const SCAN_CHUNK_EVENTS: usize = 64;
 /// An event read by a rebuild's reader thread: its sequence, its stored
 /// bytes and the hash they recompute to.
 type Hashed = (Seq, crate::storage::StoredBytes, Digest);
-
-/// Chunks a rebuild's (or the doctor's) reader may be ahead of the fold.
-pub(crate) const PIPELINE_CHUNKS: usize = 4;
 
 /// The database directory inside a home.
 pub fn db_dir(home: &Path) -> PathBuf {
@@ -1693,49 +1687,34 @@ impl Store {
                 prev = env.hash();
                 fold.apply(&env)?;
                 last = seq.get();
-                if last % SCAN_CHUNK_EVENTS as u64 == 0 {
+                if last % pipeline::CHUNK_ITEMS as u64 == 0 {
                     progress(last, head_seq);
                 }
             }
             progress(last, head_seq);
             return Ok(fold.finish()?);
         }
-        // Reading the log and recomputing every hash take about as long as
-        // decoding and folding: this thread reads and hashes the stored
-        // bytes while a second one decodes, checks the chain and folds.
-        // Reading stays on the calling thread, as in a one-thread rebuild:
-        // sled's page copies made on a fresh helper thread's allocator
-        // arena cost a page fault each in a process that had already done
-        // much other work (3.5 times slower than one thread in the
-        // benchmark), while a fresh process was not affected.
-        let folded = std::thread::scope(|scope| {
-            let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<Hashed>>(PIPELINE_CHUNKS);
-            let folder = std::thread::Builder::new()
-                .name("syncd-fold".into())
-                .spawn_scoped(scope, move || {
-                    let mut prev = genesis;
-                    for chunk in rx.iter() {
-                        for (seq, bytes, digest) in &chunk {
-                            let env = Self::link(seq, bytes, *digest, prev)?;
-                            prev = env.hash();
-                            fold.apply(&env)?;
-                        }
-                    }
-                    Ok::<_, RebuildError>(fold)
-                })
-                .map_err(|e| {
-                    RebuildError::Poisoned(format!("cannot start the fold thread: {e}"))
-                })?;
-            let read = self.hashed_scan(tx, head_seq, progress);
-            let folded = folder
-                .join()
-                .map_err(|_| RebuildError::Poisoned("the fold thread panicked".into()))?;
-            // A fold error is the earlier finding in the log: the reader
-            // only reads ahead of the fold (and stops once it is gone).
-            let fold = folded?;
-            read.map(|()| fold)
-        })?;
-        Ok(folded.finish()?)
+        // This thread reads and hashes while a second one decodes, checks
+        // the chain and folds (`pipeline`).
+        let (read, folded) = pipeline::run(
+            "syncd-fold",
+            |feed| self.hashed_scan(feed, head_seq, progress),
+            move |events| {
+                let mut prev = genesis;
+                for (seq, bytes, digest) in events {
+                    let env = Self::link(&seq, &bytes, digest, prev)?;
+                    prev = env.hash();
+                    fold.apply(&env)?;
+                }
+                Ok::<_, RebuildError>(fold)
+            },
+        )
+        .map_err(|e| RebuildError::Poisoned(e.to_string()))?;
+        // A fold error is the earlier finding in the log: the reader only
+        // reads ahead of the fold (and stops once it is gone).
+        let fold = folded?;
+        read?;
+        Ok(fold.finish()?)
     }
 
     /// The whole log in order, each event with the hash its stored bytes
@@ -1760,29 +1739,25 @@ impl Store {
         })
     }
 
-    /// [`Store::hashed_events`] in chunks sent to `to` (a rebuild's fold
-    /// thread). Stops quietly when the receiver is gone.
+    /// [`Store::hashed_events`] fed to a rebuild's fold thread. Stops
+    /// quietly when the fold is gone.
     fn hashed_scan(
         &self,
-        to: std::sync::mpsc::SyncSender<Vec<Hashed>>,
+        feed: &mut pipeline::Feeder<Hashed>,
         head_seq: u64,
         progress: Progress<'_>,
     ) -> Result<(), RebuildError> {
-        let mut chunk = Vec::with_capacity(SCAN_CHUNK_EVENTS);
         let mut last = 0;
         for item in self.hashed_events() {
             let hashed = item?;
             last = hashed.0.get();
-            chunk.push(hashed);
-            if chunk.len() >= SCAN_CHUNK_EVENTS {
-                let full = std::mem::replace(&mut chunk, Vec::with_capacity(SCAN_CHUNK_EVENTS));
-                if to.send(full).is_err() {
-                    return Ok(());
-                }
+            if !feed.push(hashed) {
+                return Ok(());
+            }
+            if last % pipeline::CHUNK_ITEMS as u64 == 0 {
                 progress(last, head_seq);
             }
         }
-        let _ = to.send(chunk);
         progress(last, head_seq);
         Ok(())
     }
