@@ -502,11 +502,77 @@ impl Replicator {
         };
         let mut applied = 0usize;
         let mut pending = Pending::new(anchor, floor);
+        let mut rounds = 0usize;
+        loop {
+            rounds += 1;
+            let (delivered, stalled) = self
+                .round(
+                    &mut consumer,
+                    peer,
+                    &subject,
+                    &mut pending,
+                    &mut report,
+                    &mut applied,
+                )
+                .await?;
+            report.stream_head = self.stream_head(peer).await?.map_or(0, |p| p.seq);
+            if report.missing.is_some()
+                || !report.refused.is_empty()
+                || report.stream_head <= pending.tip().seq
+                || applied >= MAX_RECEIVE_PER_PEER
+            {
+                break;
+            }
+            // The stream holds positions beyond the applied tip.
+            let held = Self::delivers_the_rest(&mut consumer).await?;
+            match after_round(held, delivered, rounds) {
+                // A server that stopped answering a fetch ends the pass.
+                AfterRound::Fetch if !stalled => continue,
+                AfterRound::Fetch | AfterRound::Leave => break,
+                AfterRound::Refill => {
+                    let until = report
+                        .stream_head
+                        .min(pending.tip().seq + MAX_PENDING as u64)
+                        + 1;
+                    if self
+                        .fill(&subject, peer, &mut pending, until, &mut report)
+                        .await?
+                    {
+                        let mut commit = self.start_commit(&mut pending);
+                        let (_, _) = self
+                            .settle(&mut commit, &mut pending, &mut report, true)
+                            .await?;
+                    }
+                    break;
+                }
+            }
+        }
+        report.applied_through = pending.tip().seq;
+        report.lag = report.stream_head.saturating_sub(report.applied_through);
+        Ok(report)
+    }
+
+    /// One round of a pass: fetches and applies until a fetch comes back
+    /// empty or stalls (or the pass's bound is reached, or a position is
+    /// refused or missing), then makes everything verified durable and has
+    /// the last acknowledgement confirmed. Returns the messages delivered
+    /// to it and whether a fetch stalled.
+    async fn round(
+        &self,
+        consumer: &mut consumer::Consumer<consumer::pull::Config>,
+        peer: &str,
+        subject: &str,
+        pending: &mut Pending,
+        report: &mut PeerReport,
+        applied: &mut usize,
+    ) -> Result<(usize, bool), ReplicationError> {
+        let mut delivered = 0usize;
+        let mut stalled = false;
         // One group commit runs on a blocking thread while the next
         // positions are fetched and verified: the fsync of one batch
         // overlaps the network and hashing work of the next.
         let mut committing: Option<Commit> = None;
-        'fetch: while applied < MAX_RECEIVE_PER_PEER {
+        'fetch: while *applied < MAX_RECEIVE_PER_PEER {
             // No expiry: a fetch without one ends as soon as the server has
             // delivered what it holds. With one, nats-server 2.9 holds an
             // unanswerable fetch until it expires, which made every pass
@@ -518,7 +584,6 @@ impl Replicator {
                 .await
                 .map_err(js("fetch"))?;
             let mut got = 0usize;
-            let mut stalled = false;
             loop {
                 let stall = Duration::from_millis(FETCH_STALL_MS);
                 let Ok(next) = tokio::time::timeout(stall, batch.next()).await else {
@@ -538,7 +603,7 @@ impl Replicator {
                                 FrameError::Event { seq, .. } => Some(*seq),
                                 _ => None,
                             };
-                            Self::refuse(stream_seq, seq, e.to_string(), &mut report);
+                            Self::refuse(stream_seq, seq, e.to_string(), report);
                             continue;
                         }
                     };
@@ -548,7 +613,7 @@ impl Replicator {
                         "position {} arrives with hash {} but {} was applied there: forked history",
                         position.seq, position.hash, tip.hash
                     );
-                    Self::refuse(stream_seq, Some(position.seq), reason, &mut report);
+                    Self::refuse(stream_seq, Some(position.seq), reason, report);
                     continue;
                 }
                 if position.seq <= tip.seq {
@@ -558,7 +623,7 @@ impl Replicator {
                 }
                 if position.seq > tip.seq + 1
                     && !self
-                        .fill(&subject, peer, &mut pending, position.seq, &mut report)
+                        .fill(subject, peer, pending, position.seq, report)
                         .await?
                 {
                     break 'fetch;
@@ -572,20 +637,19 @@ impl Replicator {
                 ) {
                     Ok(env) => pending.push(&position, env, msg, stream_seq),
                     Err(reason) => {
-                        Self::refuse(stream_seq, Some(position.seq), reason, &mut report);
+                        Self::refuse(stream_seq, Some(position.seq), reason, report);
                     }
                 }
                 if pending.len() >= MAX_PENDING {
-                    let (n, stopped) = self
-                        .settle(&mut committing, &mut pending, &mut report, false)
-                        .await?;
-                    applied += n;
+                    let (n, stopped) = self.settle(&mut committing, pending, report, false).await?;
+                    *applied += n;
                     if stopped {
                         break 'fetch;
                     }
-                    committing = self.start_commit(&mut pending);
+                    committing = self.start_commit(pending);
                 }
             }
+            delivered += got;
             if got == 0 || stalled {
                 break;
             }
@@ -593,58 +657,22 @@ impl Replicator {
             // commit is still running (then keep fetching, up to
             // MAX_PENDING more).
             if committing.as_ref().is_some_and(Commit::is_finished) || committing.is_none() {
-                let (n, stopped) = self
-                    .settle(&mut committing, &mut pending, &mut report, false)
-                    .await?;
-                applied += n;
+                let (n, stopped) = self.settle(&mut committing, pending, report, false).await?;
+                *applied += n;
                 if stopped {
                     break;
                 }
-                committing = self.start_commit(&mut pending);
+                committing = self.start_commit(pending);
             }
         }
         // Whatever was verified before stopping is made durable too, and
-        // the last acknowledgement of the pass is confirmed by the server.
-        let (_, stopped) = self
-            .settle(&mut committing, &mut pending, &mut report, false)
-            .await?;
+        // the last acknowledgement of the round is confirmed by the server.
+        let (_, stopped) = self.settle(&mut committing, pending, report, false).await?;
         if !stopped {
-            committing = self.start_commit(&mut pending);
-            let (_, _) = self
-                .settle(&mut committing, &mut pending, &mut report, true)
-                .await?;
+            committing = self.start_commit(pending);
+            let (_, _) = self.settle(&mut committing, pending, report, true).await?;
         }
-        report.stream_head = self.stream_head(peer).await?.map_or(0, |p| p.seq);
-        // Positions delivered to an earlier, interrupted pass are not
-        // delivered again until their acknowledgement times out, and the
-        // consumer never delivers again what it has passed: read those
-        // from the stream instead of waiting. Positions published after
-        // this pass's last fetch are not among them; the consumer still
-        // holds them for the next pass, so reading them here would only
-        // fetch them twice.
-        if report.missing.is_none()
-            && report.refused.is_empty()
-            && report.stream_head > pending.tip().seq
-            && applied < MAX_RECEIVE_PER_PEER
-            && !Self::delivers_the_rest(&mut consumer).await?
-        {
-            let until = report
-                .stream_head
-                .min(pending.tip().seq + MAX_PENDING as u64)
-                + 1;
-            if self
-                .fill(&subject, peer, &mut pending, until, &mut report)
-                .await?
-            {
-                let mut commit = self.start_commit(&mut pending);
-                let (_, _) = self
-                    .settle(&mut commit, &mut pending, &mut report, true)
-                    .await?;
-            }
-        }
-        report.applied_through = pending.tip().seq;
-        report.lag = report.stream_head.saturating_sub(report.applied_through);
-        Ok(report)
+        Ok((delivered, stalled))
     }
 
     /// Whether the consumer will deliver what lies beyond the applied tip
@@ -892,6 +920,46 @@ impl Replicator {
     }
 }
 
+/// What a pass does after a round when the stream holds positions beyond
+/// the applied tip.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AfterRound {
+    /// Fetch again: the consumer holds them (published after the round's
+    /// last fetch).
+    Fetch,
+    /// Read them from the stream: the consumer will not deliver them.
+    Refill,
+    /// End the pass; the next one goes on from here.
+    Leave,
+}
+
+/// Rounds one pass runs at most, so that a peer that keeps publishing does
+/// not hold the pass (and the peers after it) for long.
+const MAX_ROUNDS_PER_PASS: usize = 16;
+
+/// The decision after round `rounds` of a pass, which was delivered
+/// `delivered` messages, when the stream holds positions beyond the
+/// applied tip; `held` is whether the consumer reports holding undelivered
+/// messages with none awaiting an acknowledgement.
+fn after_round(held: bool, delivered: usize, rounds: usize) -> AfterRound {
+    if !held {
+        // Delivered to a pass that died before acknowledging them, or
+        // passed over: not delivered again before their acknowledgement
+        // times out, if ever.
+        return AfterRound::Refill;
+    }
+    if delivered == 0 && rounds > 1 {
+        // This round started after the stream was seen to hold them, and
+        // the consumer delivered nothing: it is not delivering what it
+        // reports; read them from the stream rather than wait on it.
+        return AfterRound::Refill;
+    }
+    if rounds >= MAX_ROUNDS_PER_PASS {
+        return AfterRound::Leave;
+    }
+    AfterRound::Fetch
+}
+
 /// A position read back from the stream to fill a gap: its position, its
 /// bytes, its envelope when already verified, and its stream sequence.
 type Refilled = (Position, Vec<u8>, Option<core::Envelope>, u64);
@@ -1014,5 +1082,43 @@ fn read_message(
     } else {
         let (p, env) = wire::read_event(device, payload)?;
         Ok((p, Some(env)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn after_a_round_with_the_stream_ahead_every_case_has_one_answer() {
+        use AfterRound::{Fetch, Leave, Refill};
+        // (held by the consumer, delivered to the round, round) -> decision
+        let cases = [
+            // Not held: delivered to a dead pass or passed over.
+            (false, 0, 1, Refill),
+            (false, 5, 1, Refill),
+            (false, 0, 3, Refill),
+            (false, 5, MAX_ROUNDS_PER_PASS, Refill),
+            // Held, first round: published after its last fetch, or the
+            // first round found nothing yet.
+            (true, 0, 1, Fetch),
+            (true, 5, 1, Fetch),
+            // Held, later rounds: going on while rounds deliver...
+            (true, 5, 2, Fetch),
+            (true, 5, MAX_ROUNDS_PER_PASS - 1, Fetch),
+            // ...but not past the bound...
+            (true, 5, MAX_ROUNDS_PER_PASS, Leave),
+            // ...and a round that started with the stream ahead and got
+            // nothing means the consumer is not delivering.
+            (true, 0, 2, Refill),
+            (true, 0, MAX_ROUNDS_PER_PASS, Refill),
+        ];
+        for (held, delivered, rounds, want) in cases {
+            assert_eq!(
+                after_round(held, delivered, rounds),
+                want,
+                "held {held}, delivered {delivered}, round {rounds}"
+            );
+        }
     }
 }
