@@ -324,6 +324,9 @@ fn a_bad_lane_hint_is_refused_and_appends_nothing() {
     let home = Home::new();
     let _daemon = home.start_daemon();
     let sock = socket(&home);
+    // The daemon answers before it has recorded all of its own startup
+    // transitions: the head is only still once it is running.
+    home.wait_status("RUNNING", |s| s["daemon_state"] == "RUNNING");
     let before = home.head();
     let (code, _, lines) = post(
         &sock,
