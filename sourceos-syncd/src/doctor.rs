@@ -337,7 +337,7 @@ fn scan_log_on(
         .map_err(|e| StorageError::Panicked {
             doing: "checking the log of",
             path: store.home().to_path_buf(),
-            message: e.to_string(),
+            message: e.full_text(),
         })?;
         read_all?;
         check = checked;

@@ -38,6 +38,16 @@ pub(crate) enum PipelineError {
     },
 }
 
+impl PipelineError {
+    /// The error with its cause, for callers that report it as text.
+    pub(crate) fn full_text(&self) -> String {
+        match std::error::Error::source(self) {
+            Some(cause) => format!("{self}: {cause}"),
+            None => self.to_string(),
+        }
+    }
+}
+
 /// Hands the producer's items to the consuming thread, [`CHUNK_ITEMS`] at
 /// a time.
 pub(crate) struct Feeder<T> {
@@ -168,6 +178,18 @@ mod tests {
         assert!(
             matches!(r, Err(PipelineError::Panicked { name: "test-panic" })),
             "{r:?}"
+        );
+    }
+
+    #[test]
+    fn a_start_failure_names_the_thread_and_its_cause() {
+        let e = PipelineError::Spawn {
+            name: "syncd-fold",
+            source: std::io::Error::other("no more threads"),
+        };
+        assert_eq!(
+            e.full_text(),
+            "cannot start the syncd-fold thread: no more threads"
         );
     }
 }

@@ -1709,7 +1709,7 @@ impl Store {
                 Ok::<_, RebuildError>(fold)
             },
         )
-        .map_err(|e| RebuildError::Poisoned(e.to_string()))?;
+        .map_err(|e| RebuildError::Poisoned(e.full_text()))?;
         // A fold error is the earlier finding in the log: the reader only
         // reads ahead of the fold (and stops once it is gone).
         let fold = folded?;
