@@ -540,10 +540,7 @@ fn replicators_connecting_together_to_a_fresh_server_all_connect() {
             .map(|s| {
                 let (s, config, start) = (s.clone(), config.clone(), start.clone());
                 std::thread::spawn(move || {
-                    let rt = tokio::runtime::Builder::new_current_thread()
-                        .enable_all()
-                        .build()
-                        .unwrap();
+                    let rt = runtime();
                     start.wait();
                     rt.block_on(Replicator::connect(s, &config)).map(|_| ())
                 })
@@ -615,12 +612,17 @@ fn a_pass_that_died_after_delivery_is_made_good_from_the_stream() {
 /// A message's headers and body.
 type RawMessage = (Vec<(&'static str, String)>, Vec<u8>);
 
-/// A runtime and a JetStream client of `nats`, as a rogue or test client.
-fn jetstream(nats: &Nats) -> (tokio::runtime::Runtime, async_nats::jetstream::Context) {
-    let rt = tokio::runtime::Builder::new_current_thread()
+/// A single-threaded runtime, as `syncd` runs its replicator on.
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .unwrap();
+        .unwrap()
+}
+
+/// A runtime and a JetStream client of `nats`, as a rogue or test client.
+fn jetstream(nats: &Nats) -> (tokio::runtime::Runtime, async_nats::jetstream::Context) {
+    let rt = runtime();
     let js = rt.block_on(async {
         let client = async_nats::connect(nats.url()).await.unwrap();
         async_nats::jetstream::new(client)

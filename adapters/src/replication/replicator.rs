@@ -538,10 +538,7 @@ impl Replicator {
                         .fill(&subject, peer, &mut pending, until, &mut report)
                         .await?
                     {
-                        let mut commit = self.start_commit(&mut pending);
-                        let (_, _) = self
-                            .settle(&mut commit, &mut pending, &mut report, true)
-                            .await?;
+                        self.commit_confirmed(&mut pending, &mut report).await?;
                     }
                     break;
                 }
@@ -669,10 +666,22 @@ impl Replicator {
         // the last acknowledgement of the round is confirmed by the server.
         let (_, stopped) = self.settle(&mut committing, pending, report, false).await?;
         if !stopped {
-            committing = self.start_commit(pending);
-            let (_, _) = self.settle(&mut committing, pending, report, true).await?;
+            self.commit_confirmed(pending, report).await?;
         }
         Ok((delivered, stalled))
+    }
+
+    /// Makes what is pending durable in one group commit and acknowledges
+    /// its last message, waiting for the server to confirm it.
+    async fn commit_confirmed(
+        &self,
+        pending: &mut Pending,
+        report: &mut PeerReport,
+    ) -> Result<(), ReplicationError> {
+        let mut commit = self.start_commit(pending);
+        self.settle(&mut commit, pending, report, true)
+            .await
+            .map(|_| ())
     }
 
     /// Whether the consumer will deliver what lies beyond the applied tip
