@@ -223,6 +223,75 @@ fn garbled_checkpoint_is_found_and_repaired() {
     check_repair_cycle("p.subjects", Damage::GarbleCheckpoint);
 }
 
+/// After an upgrade that changed a projection's record format, the doctor
+/// reports the tree as outdated (a repairable warning, not damage) and the
+/// next command that opens the store for writing rebuilds it from the log
+/// by itself: no `doctor --repair` needed, nothing appended, status as it
+/// was, and the rebuilt indexes answer as before.
+#[test]
+fn a_tree_left_by_an_older_syncd_is_rebuilt_by_the_next_writable_open() {
+    for tree in DERIVED {
+        let home = seeded();
+        let before = home.status_json();
+        let out = home.run(&[
+            "drill",
+            "damage-derived",
+            "--tree",
+            tree,
+            "--mode",
+            "outdated",
+        ]);
+        assert_eq!(out.status.code(), Some(0), "{tree}: {}", stderr(&out));
+        assert!(stdout(&out).contains("record format"), "{}", stdout(&out));
+
+        let (code, report) = doctor_json(&home, &[]);
+        assert_eq!(code, Some(1), "{tree}: {report:#}");
+        let findings = report["findings"].as_array().unwrap();
+        assert_eq!(findings.len(), 1, "{tree}: {report:#}");
+        assert_eq!(findings[0]["code"], "derived.outdated");
+        assert_eq!(findings[0]["severity"], "warning");
+        assert_eq!(findings[0]["class"], "repairable");
+        assert_eq!(findings[0]["tree"], tree);
+
+        // `status` opens for writing: it rebuilds the tree first.
+        let now = home.status_json();
+        assert_eq!(
+            comparable(now.clone()),
+            comparable(before.clone()),
+            "{tree}"
+        );
+        assert_eq!(now["health"], "clean", "{tree}: {now:#}");
+        assert_eq!(now["log"]["head_seq"], before["log"]["head_seq"]);
+        let (code, after) = doctor_json(&home, &[]);
+        assert_eq!(code, Some(0), "{tree}: {after:#}");
+        assert!(after["findings"].as_array().unwrap().is_empty());
+        // A key seen before the upgrade is still a duplicate.
+        let out = home.ingest(&[event(5)]);
+        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+        assert_eq!(
+            home.status_json()["log"]["head_seq"],
+            before["log"]["head_seq"],
+            "{tree}: a known idempotency key appended again"
+        );
+    }
+}
+
+/// The drill cannot age a tree that is not a projection's.
+#[test]
+fn the_outdated_drill_refuses_what_is_no_projection() {
+    let home = seeded();
+    let out = home.run(&[
+        "drill",
+        "damage-derived",
+        "--tree",
+        "p.nothing",
+        "--mode",
+        "outdated",
+    ]);
+    assert_ne!(out.status.code(), Some(0));
+    assert!(stderr(&out).contains("p.nothing"), "{}", stderr(&out));
+}
+
 #[test]
 fn status_reports_damaged_derived_state() {
     let home = seeded();

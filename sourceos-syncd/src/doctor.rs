@@ -36,7 +36,8 @@ pub const DOCTOR_ACTOR: &str = "actor:syncd-doctor";
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Severity {
-    /// Expected after a crash; repaired by catching up.
+    /// Expected after a crash or an upgrade; repaired by catching up or
+    /// by the rebuild of the next writable open.
     Warning,
     /// Derived state is wrong.
     Error,
@@ -242,7 +243,9 @@ impl Findings {
     }
 
     fn derived(&mut self, code: &'static str, tree: &str, key: Option<&[u8]>, message: String) {
-        let severity = if code == "derived.behind" {
+        // Lagging or written by an older syncd: expected states that the
+        // next writable open repairs by itself, not damage.
+        let severity = if code == "derived.behind" || code == "derived.outdated" {
             Severity::Warning
         } else {
             Severity::Error
@@ -543,13 +546,25 @@ fn check_tree(
             comparable = false;
         }
         Ok(Some(cp)) => {
-            if cp.version != projection.version() {
+            if cp.version < projection.version() {
+                findings.derived(
+                    "derived.outdated",
+                    &tree_name,
+                    Some(CHECKPOINT_KEY),
+                    format!(
+                        "{tree_name} has record format {} but this build writes {}: the next writable open or a repair rebuilds it",
+                        cp.version,
+                        projection.version()
+                    ),
+                );
+                comparable = false;
+            } else if cp.version != projection.version() {
                 findings.derived(
                     "derived.version_mismatch",
                     &tree_name,
                     Some(CHECKPOINT_KEY),
                     format!(
-                        "{tree_name} has record format {} but this build writes {}",
+                        "{tree_name} has record format {}, newer than the {} this build writes",
                         cp.version,
                         projection.version()
                     ),
@@ -1001,6 +1016,9 @@ pub enum DamageTarget {
     Add,
     /// Drop the whole tree.
     Drop,
+    /// Mark the tree as written in the record format before this build's,
+    /// as an older syncd left it (rehearses an upgrade).
+    Outdate,
 }
 
 /// Fault injection for drills and tests: damages a derived tree (never
@@ -1043,6 +1061,32 @@ pub fn damage(store: &Store, tree: &str, target: DamageTarget) -> Result<String,
         DamageTarget::Drop => {
             storage.drop_derived(tree)?;
             Ok(format!("dropped {tree}"))
+        }
+        DamageTarget::Outdate => {
+            let name = tree.strip_prefix(DERIVED_PREFIX).unwrap_or(tree);
+            let Some(projection) = builtin_named(name) else {
+                return Err(DoctorError::Unusable(format!(
+                    "{tree} belongs to no projection of this build"
+                )));
+            };
+            let Some(mut cp) = read_checkpoint(&t).map_err(|reason| {
+                DoctorError::Unusable(format!("checkpoint of {tree} is unreadable: {reason}"))
+            })?
+            else {
+                return Err(DoctorError::Unusable(format!("{tree} has no checkpoint")));
+            };
+            let current = projection.version();
+            let Some(older) = current.checked_sub(1) else {
+                return Err(DoctorError::Unusable(format!(
+                    "{tree} has no format older than {current}"
+                )));
+            };
+            cp.version = older;
+            projection::write_checkpoint(&t, &cp)
+                .map_err(|e| DoctorError::Unusable(e.to_string()))?;
+            Ok(format!(
+                "marked {tree} as record format {older}, as a syncd older than this one (format {current}) left it"
+            ))
         }
         DamageTarget::Add => {
             let key = b"\xfe drill stray record".to_vec();
@@ -1153,5 +1197,67 @@ mod tests {
         ] {
             assert!(found.contains(&expected), "{expected:?} in {found:?}");
         }
+    }
+
+    /// Projections written by an older syncd are reported as outdated (a
+    /// warning, not damage), and a repair rebuilds them.
+    #[test]
+    fn an_older_record_format_is_a_warning_that_repair_rebuilds() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::init(
+            dir.path(),
+            InitOptions {
+                device: Some(DeviceId::new("device:test").unwrap()),
+                profile: ProfileId::new("profile:test").unwrap(),
+                created_at: None,
+            },
+            OpenOptions::default(),
+        )
+        .unwrap();
+        store.append_many((0..30).map(note).collect()).unwrap();
+        store.close().unwrap();
+        let as_found = || {
+            Store::open(
+                dir.path(),
+                OpenOptions {
+                    catch_up: false,
+                    ..OpenOptions::default()
+                },
+            )
+            .unwrap()
+        };
+        {
+            let store = as_found();
+            let tree = store.storage().derived("p.summary").unwrap();
+            let version = builtin_named("summary").unwrap().version();
+            crate::projection::set_checkpoint_version(&tree, version - 1);
+        }
+        let store = as_found();
+        let report = doctor(&store, DoctorOptions { repair: false }, &mut |_, _| {}).unwrap();
+        let codes: Vec<(&str, Severity, FindingClass)> = report
+            .findings
+            .iter()
+            .map(|f| (f.code, f.severity, f.class))
+            .collect();
+        assert_eq!(
+            codes,
+            vec![(
+                "derived.outdated",
+                Severity::Warning,
+                FindingClass::Repairable
+            )]
+        );
+        let repaired = doctor(&store, DoctorOptions { repair: true }, &mut |_, _| {}).unwrap();
+        let rebuilt: Vec<&str> = repaired
+            .repair
+            .as_ref()
+            .unwrap()
+            .rebuilt
+            .iter()
+            .map(|(n, _)| n.as_str())
+            .collect();
+        assert_eq!(rebuilt, vec!["summary"]);
+        let after = doctor(&store, DoctorOptions { repair: false }, &mut |_, _| {}).unwrap();
+        assert!(after.findings.is_empty(), "{:?}", after.findings);
     }
 }

@@ -255,6 +255,9 @@ pub fn status(store: &Store) -> Result<StatusDocument, String> {
         let reason = match &p.health {
             ProjectionHealth::Current => None,
             ProjectionHealth::Behind { at } => Some(format!("folded up to {at} of {head_seq}")),
+            ProjectionHealth::Outdated { found, current } => Some(format!(
+                "record format {found}, this build writes {current}: rebuilt from the log when the store is next opened for writing"
+            )),
             ProjectionHealth::Damaged { reason } => Some(reason.clone()),
         };
         if p.health != ProjectionHealth::Current {

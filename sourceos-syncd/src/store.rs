@@ -178,6 +178,16 @@ pub enum OpenError {
     /// Catching projections up failed.
     #[error("cannot bring derived state up to date: {0}")]
     CatchUp(#[source] ProjectionError),
+    /// Rebuilding projections written in an older record format failed;
+    /// the store is unchanged and `syncd doctor` says why.
+    #[error(
+        "cannot rebuild derived state written by an older syncd: {source}; run `syncd doctor`"
+    )]
+    Upgrade {
+        /// Why the rebuild failed.
+        #[source]
+        source: RebuildError,
+    },
 }
 
 /// What happened to one submitted event.
@@ -661,9 +671,37 @@ impl Store {
             }),
         };
         if options.catch_up {
+            store.upgrade()?;
             store.catch_up().map_err(OpenError::CatchUp)?;
         }
         Ok(store)
+    }
+
+    /// Rebuilds from the log the projections written in an older record
+    /// format (after an upgrade of syncd): they are derived, so nothing is
+    /// lost, and appends that depend on them work again without a manual
+    /// repair. Not done over a damaged log, which the doctor reports.
+    fn upgrade(&self) -> Result<(), OpenError> {
+        let (outdated, sound) = {
+            let st = lock(&self.inner.state).map_err(|reason| OpenError::Upgrade {
+                source: RebuildError::Poisoned(reason),
+            })?;
+            (st.engine.outdated(), st.log == LogState::Sound)
+        };
+        if outdated.is_empty() || !sound {
+            return Ok(());
+        }
+        let started = std::time::Instant::now();
+        let report = self
+            .rebuild(&outdated, &mut |_, _| {})
+            .map_err(|source| OpenError::Upgrade { source })?;
+        tracing::info!(
+            projections = %outdated.join(", "),
+            events = report.events,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "rebuilt projections written in an older record format"
+        );
+        Ok(())
     }
 
     /// Folds events that usable projections have not seen yet.
@@ -2374,6 +2412,137 @@ mod tests {
             .by_subject(&Subject::new("object:1").unwrap(), 0, 100)
             .unwrap();
         assert_eq!(all.len(), 11);
+    }
+
+    /// Opens without catching up or upgrading: the store as found.
+    fn open_as_found(dir: &Path) -> Store {
+        Store::open(
+            dir,
+            OpenOptions {
+                catch_up: false,
+                ..opts()
+            },
+        )
+        .unwrap()
+    }
+
+    fn health_of(store: &Store, name: &str) -> ProjectionHealth {
+        store
+            .projections()
+            .unwrap()
+            .into_iter()
+            .find(|p| p.name == name)
+            .unwrap()
+            .health
+    }
+
+    /// After an upgrade that changed record formats, the projections
+    /// written by the older syncd are outdated (not damaged), appends that
+    /// need them wait, and the first writable open rebuilds them from the
+    /// log exactly as a rebuild would.
+    #[test]
+    fn projections_of_an_older_format_are_rebuilt_on_a_writable_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = init(dir.path());
+        let specs: Vec<Spec> = (0..40u16)
+            .map(|i| Spec {
+                actor: (i % 3) as u8,
+                kind: (i % 4) as u8,
+                subject: Some(i % 5),
+                key: Some(i),
+            })
+            .collect();
+        store
+            .append_many(specs.iter().map(draft).collect())
+            .unwrap();
+        let expected = snapshot(&store);
+        store.close().unwrap();
+        let outdated = [idempotency::NAME, registry::NAME];
+        {
+            let store = open_as_found(dir.path());
+            for name in outdated {
+                let tree = store
+                    .storage()
+                    .derived(&projection::tree_name(name))
+                    .unwrap();
+                let current = projection::builtin()
+                    .into_iter()
+                    .find(|p| p.name() == name)
+                    .unwrap()
+                    .version();
+                projection::set_checkpoint_version(&tree, current - 1);
+                // A record of the old format that the new one does not have.
+                tree.raw_insert(b"\x7fold", b"old-format record").unwrap();
+            }
+        }
+        {
+            let store = open_as_found(dir.path());
+            for name in outdated {
+                assert!(
+                    matches!(health_of(&store, name), ProjectionHealth::Outdated { found, current } if found + 1 == current),
+                    "{name}"
+                );
+            }
+            assert_eq!(health_of(&store, "subjects"), ProjectionHealth::Current);
+            let refused = store.append(draft(&specs[0])).unwrap_err();
+            assert!(refused.to_string().contains("outdated"), "{refused}");
+        }
+        let store = Store::open(dir.path(), opts()).unwrap();
+        for p in store.projections().unwrap() {
+            assert_eq!(p.health, ProjectionHealth::Current, "{}", p.name);
+        }
+        assert_eq!(snapshot(&store), expected);
+        // The rebuilt idempotency index still knows every key.
+        assert!(matches!(
+            store.append(draft(&specs[7])).unwrap(),
+            AppendOutcome::Duplicate { seq, .. } if seq.get() == 8
+        ));
+        let next = Spec {
+            key: Some(1000),
+            ..specs[0].clone()
+        };
+        assert!(matches!(
+            store.append(draft(&next)).unwrap(),
+            AppendOutcome::Appended { seq, .. } if seq.get() == 41
+        ));
+    }
+
+    /// A projection written by a newer syncd is not rewritten in the older
+    /// format behind the user's back: it stays damaged, for the doctor.
+    #[test]
+    fn a_projection_of_a_newer_format_is_damaged_and_left_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = init(dir.path());
+        store
+            .append(draft(&Spec {
+                actor: 0,
+                kind: 0,
+                subject: Some(1),
+                key: None,
+            }))
+            .unwrap();
+        store.close().unwrap();
+        let before = {
+            let store = open_as_found(dir.path());
+            let tree = store.storage().derived("p.subjects").unwrap();
+            projection::set_checkpoint_version(&tree, 99);
+            tree.iter().map(|r| r.unwrap()).collect::<Rows>()
+        };
+        let store = Store::open(dir.path(), opts()).unwrap();
+        let ProjectionHealth::Damaged { reason } = health_of(&store, "subjects") else {
+            panic!("not damaged");
+        };
+        assert!(reason.contains("newer"), "{reason}");
+        store.close().unwrap();
+        let store = open_as_found(dir.path());
+        let after: Rows = store
+            .storage()
+            .derived("p.subjects")
+            .unwrap()
+            .iter()
+            .map(|r| r.unwrap())
+            .collect();
+        assert_eq!(after, before);
     }
 
     #[test]

@@ -729,4 +729,9 @@ pub enum DamageMode {
     Add,
     /// Drop the whole tree.
     Drop,
+    /// Mark the tree as written in the record format before this build's,
+    /// as an older syncd left it. Rehearses an upgrade: the next command
+    /// other than doctor, rebuild, verify or drill (or a daemon start)
+    /// rebuilds it from the log.
+    Outdated,
 }

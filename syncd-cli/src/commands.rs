@@ -633,6 +633,7 @@ fn drill(cli: &Cli, home: &Path, a: &crate::cli::DamageArgs) -> Result<u8, Failu
         DamageMode::Delete => core::DamageTarget::Delete,
         DamageMode::Add => core::DamageTarget::Add,
         DamageMode::Drop => core::DamageTarget::Drop,
+        DamageMode::Outdated => core::DamageTarget::Outdate,
     };
     let done =
         core::damage(&store, &a.tree, target).map_err(|e| Failure::usage(crate::chain(&e)))?;

@@ -428,6 +428,15 @@ pub enum ProjectionHealth {
         /// Checkpoint sequence.
         at: u64,
     },
+    /// Written in an older record format than this build's: unusable
+    /// until rebuilt, which a writable open does by itself (an upgrade is
+    /// not damage).
+    Outdated {
+        /// The format version the checkpoint names.
+        found: u32,
+        /// The format version this build writes.
+        current: u32,
+    },
     /// Unusable until rebuilt.
     Damaged {
         /// Why.
@@ -441,8 +450,18 @@ impl ProjectionHealth {
         match self {
             ProjectionHealth::Current => "current",
             ProjectionHealth::Behind { .. } => "behind",
+            ProjectionHealth::Outdated { .. } => "outdated",
             ProjectionHealth::Damaged { .. } => "damaged",
         }
+    }
+
+    /// Whether events can be folded into it (otherwise only a rebuild
+    /// makes it usable again).
+    pub fn is_foldable(&self) -> bool {
+        matches!(
+            self,
+            ProjectionHealth::Current | ProjectionHealth::Behind { .. }
+        )
     }
 }
 
@@ -478,6 +497,27 @@ pub(crate) fn read_checkpoint(tree: &DerivedTree) -> Result<Option<Checkpoint>, 
     codec::decode::<Checkpoint>("checkpoint", payload)
         .map(Some)
         .map_err(|e: DecodeError| e.to_string())
+}
+
+/// Writes a tree's checkpoint by itself (the drill that leaves a tree as
+/// an older syncd did, and tests).
+pub(crate) fn write_checkpoint(tree: &DerivedTree, cp: &Checkpoint) -> Result<(), ProjectionError> {
+    let payload = checkpoint_payload(cp)?;
+    tree.raw_insert(
+        CHECKPOINT_KEY,
+        &frame(tree.name(), CHECKPOINT_KEY, &payload),
+    )?;
+    Ok(())
+}
+
+/// Rewrites a tree's checkpoint as if an older (or newer) syncd had
+/// written it in record format `version`: what an upgrade finds.
+#[cfg(test)]
+pub(crate) fn set_checkpoint_version(tree: &DerivedTree, version: u32) {
+    #![allow(clippy::unwrap_used)]
+    let mut cp = read_checkpoint(tree).unwrap().unwrap();
+    cp.version = version;
+    write_checkpoint(tree, &cp).unwrap();
 }
 
 fn checkpoint_payload(cp: &Checkpoint) -> Result<Vec<u8>, ProjectionError> {
@@ -575,6 +615,15 @@ impl Engine {
         self.slots.iter().map(|s| s.projection.name()).collect()
     }
 
+    /// Projections written in an older record format.
+    pub(crate) fn outdated(&self) -> Vec<String> {
+        self.slots
+            .iter()
+            .filter(|s| matches!(s.health, ProjectionHealth::Outdated { .. }))
+            .map(|s| s.projection.name().to_owned())
+            .collect()
+    }
+
     /// Lowest checkpoint among usable projections that are behind.
     pub(crate) fn lowest_behind(&self) -> Option<u64> {
         self.slots
@@ -602,9 +651,7 @@ impl Engine {
     /// checkpoint ever gets ahead of the durable log.
     pub(crate) fn flush_over_bound(&mut self) -> Result<(), ProjectionError> {
         for slot in &mut self.slots {
-            if !matches!(slot.health, ProjectionHealth::Damaged { .. })
-                && slot.staging.dirty_len() >= MAX_STAGED_RECORDS
-            {
+            if slot.health.is_foldable() && slot.staging.dirty_len() >= MAX_STAGED_RECORDS {
                 flush_slot(slot)?;
             }
         }
@@ -618,7 +665,7 @@ impl Engine {
         log_head: u64,
     ) -> Result<(), ProjectionError> {
         for slot in &mut self.slots {
-            if matches!(slot.health, ProjectionHealth::Damaged { .. }) {
+            if !slot.health.is_foldable() {
                 continue;
             }
             for ev in events {
@@ -654,7 +701,7 @@ impl Engine {
     /// Writes all staged records and checkpoints.
     pub(crate) fn flush(&mut self) -> Result<(), ProjectionError> {
         for slot in &mut self.slots {
-            if matches!(slot.health, ProjectionHealth::Damaged { .. }) {
+            if !slot.health.is_foldable() {
                 continue;
             }
             flush_slot(slot)?;
@@ -771,9 +818,18 @@ fn assess(
         Ok(None) => return damaged("checkpoint missing".to_owned()),
         Ok(Some(cp)) => cp,
     };
+    if cp.version < projection.version() {
+        return (
+            empty,
+            ProjectionHealth::Outdated {
+                found: cp.version,
+                current: projection.version(),
+            },
+        );
+    }
     if cp.version != projection.version() {
         return damaged(format!(
-            "record format {} but this build writes {}",
+            "record format {} is newer than the {} this build writes",
             cp.version,
             projection.version()
         ));
