@@ -680,27 +680,40 @@ impl Store {
     /// Rebuilds from the log the projections written in an older record
     /// format (after an upgrade of syncd): they are derived, so nothing is
     /// lost, and appends that depend on them work again without a manual
-    /// repair. Not done over a damaged log, which the doctor reports.
+    /// repair. Not done over a damaged head event. A rebuild that fails
+    /// (damage further back in the log) leaves them damaged for the doctor
+    /// to report; the store still opens, so that status can say so.
     fn upgrade(&self) -> Result<(), OpenError> {
+        let poisoned = |reason| OpenError::Upgrade {
+            source: RebuildError::Poisoned(reason),
+        };
         let (outdated, sound) = {
-            let st = lock(&self.inner.state).map_err(|reason| OpenError::Upgrade {
-                source: RebuildError::Poisoned(reason),
-            })?;
+            let st = lock(&self.inner.state).map_err(poisoned)?;
             (st.engine.outdated(), st.log == LogState::Sound)
         };
         if outdated.is_empty() || !sound {
             return Ok(());
         }
         let started = std::time::Instant::now();
-        let report = self
-            .rebuild(&outdated, &mut |_, _| {})
-            .map_err(|source| OpenError::Upgrade { source })?;
-        tracing::info!(
-            projections = %outdated.join(", "),
-            events = report.events,
-            elapsed_ms = started.elapsed().as_millis() as u64,
-            "rebuilt projections written in an older record format"
-        );
+        match self.rebuild(&outdated, &mut |_, _| {}) {
+            Ok(report) => tracing::info!(
+                projections = %outdated.join(", "),
+                events = report.events,
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "rebuilt projections written in an older record format"
+            ),
+            Err(e) => {
+                tracing::error!(
+                    projections = %outdated.join(", "),
+                    error = %e,
+                    "projections written in an older record format could not be rebuilt; run `syncd doctor`"
+                );
+                lock(&self.inner.state)
+                    .map_err(poisoned)?
+                    .engine
+                    .outdated_to_damaged(&e.to_string());
+            }
+        }
         Ok(())
     }
 
@@ -2505,6 +2518,71 @@ mod tests {
             store.append(draft(&next)).unwrap(),
             AppendOutcome::Appended { seq, .. } if seq.get() == 41
         ));
+    }
+
+    /// An upgrade over a log damaged further back than its head cannot
+    /// rebuild: the store still opens (status can report it), the outdated
+    /// projection becomes damaged naming why, nothing is written, and
+    /// appends that need it stay refused.
+    #[test]
+    fn an_upgrade_over_a_damaged_log_opens_and_reports_instead_of_failing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = init(dir.path());
+        store
+            .append_many(
+                (0..40u16)
+                    .map(|i| {
+                        draft(&Spec {
+                            actor: 0,
+                            kind: 0,
+                            subject: Some(i % 3),
+                            key: Some(i),
+                        })
+                    })
+                    .collect(),
+            )
+            .unwrap();
+        store.close().unwrap();
+        let before = {
+            let store = open_as_found(dir.path());
+            projection::set_checkpoint_version(
+                &store.storage().derived("p.idempotency").unwrap(),
+                0,
+            );
+            store.close().unwrap();
+            {
+                let db = sled::open(db_dir(dir.path())).unwrap();
+                let events = db.open_tree("events").unwrap();
+                let key = Seq::new(20).unwrap().to_key();
+                let mut v = events.get(key).unwrap().unwrap().to_vec();
+                let mid = v.len() / 2;
+                v[mid] ^= 0x01;
+                events.insert(key, v).unwrap();
+                db.flush().unwrap();
+            }
+            let store = open_as_found(dir.path());
+            let rows = snapshot(&store);
+            store.close().unwrap();
+            rows
+        };
+        let store = Store::open(dir.path(), opts()).unwrap();
+        let ProjectionHealth::Damaged { reason } = health_of(&store, idempotency::NAME) else {
+            panic!("not damaged");
+        };
+        assert!(
+            reason.contains("record format 0") && reason.contains("20"),
+            "{reason}"
+        );
+        let refused = store
+            .append(draft(&Spec {
+                actor: 0,
+                kind: 0,
+                subject: None,
+                key: Some(999),
+            }))
+            .unwrap_err();
+        assert!(refused.to_string().contains("damaged"), "{refused}");
+        assert_eq!(snapshot(&store), before);
     }
 
     /// A projection written by a newer syncd is not rewritten in the older

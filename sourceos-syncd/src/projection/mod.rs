@@ -717,6 +717,20 @@ impl Engine {
             .map(|s| &s.staging)
     }
 
+    /// Marks the named projections that are still outdated as damaged,
+    /// for `why` (their rebuild failed: now it takes the doctor).
+    pub(crate) fn outdated_to_damaged(&mut self, why: &str) {
+        for slot in &mut self.slots {
+            if let ProjectionHealth::Outdated { found, current } = slot.health {
+                slot.health = ProjectionHealth::Damaged {
+                    reason: format!(
+                        "record format {found} (this build writes {current}) and rebuilding it failed: {why}"
+                    ),
+                };
+            }
+        }
+    }
+
     /// Health of one projection.
     pub(crate) fn health(&self, name: &str) -> Option<&ProjectionHealth> {
         self.slots
