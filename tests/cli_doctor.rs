@@ -276,6 +276,45 @@ fn a_tree_left_by_an_older_syncd_is_rebuilt_by_the_next_writable_open() {
     }
 }
 
+/// An upgrade that adds a projection: the store's record of held
+/// projections (`projection:<name>` keys in meta) does not name it and it
+/// has no tree. The doctor says it is
+/// new (a warning), status builds it and is as before; a tree dropped by
+/// damage, by contrast, stays damaged until a repair.
+#[test]
+fn a_projection_new_to_the_store_is_built_by_the_next_writable_open() {
+    let home = seeded();
+    let before = home.status_json();
+    {
+        let db = home.raw_db();
+        let meta = db.open_tree("meta").unwrap();
+        assert!(meta.remove("projection:sessions").unwrap().is_some());
+        assert!(meta.get("projection:registry").unwrap().is_some());
+        db.drop_tree("p.sessions").unwrap();
+        db.flush().unwrap();
+    }
+    let (code, report) = doctor_json(&home, &[]);
+    assert_eq!(code, Some(1), "{report:#}");
+    let findings = report["findings"].as_array().unwrap();
+    assert_eq!(findings.len(), 1, "{report:#}");
+    assert_eq!(findings[0]["code"], "derived.outdated");
+    assert_eq!(findings[0]["severity"], "warning");
+    assert_eq!(findings[0]["tree"], "p.sessions");
+
+    let now = home.status_json();
+    assert_eq!(comparable(now.clone()), comparable(before.clone()));
+    assert_eq!(now["health"], "clean", "{now:#}");
+    let (code, after) = doctor_json(&home, &[]);
+    assert_eq!(code, Some(0), "{after:#}");
+
+    // Now held: dropping it is damage again.
+    damage(&home, "p.sessions", Damage::DropTree);
+    let s = home.status_json();
+    assert_eq!(s["projections"]["sessions"]["state"], "damaged");
+    let (_, report) = doctor_json(&home, &[]);
+    assert_eq!(report["findings"][0]["code"], "derived.tree_missing");
+}
+
 /// The drill cannot age a tree that is not a projection's.
 #[test]
 fn the_outdated_drill_refuses_what_is_no_projection() {

@@ -510,12 +510,21 @@ fn check_tree(
     let tree_name = projection::tree_name(name);
     let storage = store.storage();
     if !storage.has_tree(&tree_name) {
-        findings.derived(
-            "derived.tree_missing",
-            &tree_name,
-            None,
-            format!("tree {tree_name} is missing"),
-        );
+        if store.held_before(name) == Some(false) {
+            findings.derived(
+                "derived.outdated",
+                &tree_name,
+                None,
+                format!("{tree_name} is new in this build: the next writable open or a repair builds it"),
+            );
+        } else {
+            findings.derived(
+                "derived.tree_missing",
+                &tree_name,
+                None,
+                format!("tree {tree_name} is missing"),
+            );
+        }
         return Ok(true);
     }
     let Some(projection) = builtin_named(name) else {

@@ -255,6 +255,10 @@ pub fn status(store: &Store) -> Result<StatusDocument, String> {
         let reason = match &p.health {
             ProjectionHealth::Current => None,
             ProjectionHealth::Behind { at } => Some(format!("folded up to {at} of {head_seq}")),
+            ProjectionHealth::New => Some(
+                "new in this build: built from the log when the store is next opened for writing"
+                    .to_owned(),
+            ),
             ProjectionHealth::Outdated { found, current } => Some(format!(
                 "record format {found}, this build writes {current}: rebuilt from the log when the store is next opened for writing"
             )),

@@ -290,6 +290,30 @@ impl Storage {
         guarded(&self.dir, "writing meta of", || self.meta.apply_batch(b))
     }
 
+    /// Adds a meta key if it is absent; one already present keeps its
+    /// value (meta is never overwritten).
+    pub(crate) fn meta_add(&self, key: &str, value: Vec<u8>) -> Result<(), StorageError> {
+        guarded(&self.dir, "writing meta of", || {
+            self.meta
+                .compare_and_swap(key, None::<&[u8]>, Some(value))
+                .map(|_| ())
+        })
+    }
+
+    /// The meta keys that start with `prefix`, without it.
+    pub(crate) fn meta_keys(&self, prefix: &str) -> Result<Vec<String>, StorageError> {
+        guarded(&self.dir, "reading meta of", || {
+            let mut out = Vec::new();
+            for item in self.meta.scan_prefix(prefix) {
+                let (k, _) = item?;
+                if let Some(rest) = k.strip_prefix(prefix.as_bytes()) {
+                    out.push(String::from_utf8_lossy(rest).into_owned());
+                }
+            }
+            Ok(out)
+        })
+    }
+
     pub(crate) fn meta_is_empty(&self) -> Result<bool, StorageError> {
         guarded(&self.dir, "reading meta of", || Ok(self.meta.is_empty()))
     }

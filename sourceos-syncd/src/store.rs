@@ -8,7 +8,7 @@
 //! group-committed: whichever thread takes the commit lock first commits
 //! everything queued at that moment with one flush and one fsync.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
@@ -45,6 +45,10 @@ const META_DEVICE: &str = "device_id";
 const META_PROFILE: &str = "profile";
 const META_GENESIS: &str = "genesis";
 const META_CREATED: &str = "created_at";
+/// One key per projection this store has held a tree for
+/// (`projection:<name>`, value CBOR `true`), so that a missing tree tells
+/// damage (held) from a projection new to the store (not held).
+const META_HELD_PREFIX: &str = "projection:";
 const OWNER_FILE: &str = "owner.json";
 
 /// Durable metadata of a store.
@@ -415,6 +419,9 @@ struct Inner {
     /// Cores available, asked once: large groups are written while sealed
     /// only with two or more.
     cores: usize,
+    /// The projections the store had held trees for when it was opened
+    /// (`None`: a store that did not record them).
+    held: Option<BTreeSet<String>>,
 }
 
 /// An open store. Cheap to clone; clones share one database handle, one
@@ -561,13 +568,21 @@ impl Store {
             created_at: init.created_at.unwrap_or_else(|| options.clock.now()),
         };
         let enc = |what, v: &dyn erased::Enc| v.enc(what);
-        storage.meta_put_all(vec![
+        let held: Vec<String> = projection::builtin()
+            .iter()
+            .map(|p| format!("{META_HELD_PREFIX}{}", p.name()))
+            .collect();
+        let mut entries = vec![
             (META_FORMAT, enc("format version", &meta.format_version)?),
             (META_DEVICE, enc("device id", &meta.device)?),
             (META_PROFILE, enc("profile", &meta.profile)?),
             (META_GENESIS, enc("genesis", &meta.genesis)?),
             (META_CREATED, enc("creation time", &meta.created_at)?),
-        ])?;
+        ];
+        for key in &held {
+            entries.push((key.as_str(), enc("held projection", &true)?));
+        }
+        storage.meta_put_all(entries)?;
         // Empty projections with checkpoints at 0, so that a missing tree
         // later is recognisably damage.
         let names: Vec<&'static str> = projection::builtin().iter().map(|p| p.name()).collect();
@@ -649,7 +664,15 @@ impl Store {
                 Ok(None)
             }
         };
-        let engine = Engine::attach(projection::builtin(), trees, head, hash_at, meta.genesis)?;
+        let held = read_held(&storage)?;
+        let engine = Engine::attach(
+            projection::builtin(),
+            trees,
+            head,
+            hash_at,
+            meta.genesis,
+            held.as_ref(),
+        )?;
         let store = Store {
             inner: Arc::new(Inner {
                 home: home.to_path_buf(),
@@ -668,6 +691,7 @@ impl Store {
                 }),
                 stale_epoch_refusals: std::sync::atomic::AtomicU64::new(0),
                 cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
+                held,
             }),
         };
         if options.catch_up {
@@ -692,7 +716,7 @@ impl Store {
             (st.engine.outdated(), st.log == LogState::Sound)
         };
         if outdated.is_empty() || !sound {
-            return Ok(());
+            return self.record_held();
         }
         let started = std::time::Instant::now();
         match self.rebuild(&outdated, &mut |_, _| {}) {
@@ -714,7 +738,39 @@ impl Store {
                     .outdated_to_damaged(&e.to_string());
             }
         }
+        self.record_held()
+    }
+
+    /// Adds the projections whose trees are present to those the store
+    /// records as held, when some are not recorded yet (a store made
+    /// before they were recorded, or one that just built a projection new
+    /// to it). A tree missing from a store that never recorded the set is
+    /// not added: damage and novelty cannot be told apart there.
+    fn record_held(&self) -> Result<(), OpenError> {
+        let storage = &self.inner.storage;
+        let held = self.inner.held.as_ref();
+        let mut added = false;
+        for p in projection::builtin() {
+            let name = p.name();
+            if held.is_some_and(|h| h.contains(name))
+                || !storage.has_tree(&projection::tree_name(name))
+            {
+                continue;
+            }
+            let value = codec::encode("held projection", &true)?;
+            storage.meta_add(&format!("{META_HELD_PREFIX}{name}"), value)?;
+            added = true;
+        }
+        if added {
+            storage.sync_durable()?;
+        }
         Ok(())
+    }
+
+    /// Whether the store had held a tree for `projection` when it was
+    /// opened; `None` when it did not record that.
+    pub(crate) fn held_before(&self, projection: &str) -> Option<bool> {
+        self.inner.held.as_ref().map(|h| h.contains(projection))
     }
 
     /// Folds events that usable projections have not seen yet.
@@ -1892,6 +1948,13 @@ impl From<codec::EncodeError> for OpenError {
     }
 }
 
+/// The projections the store records as held (see [`META_HELD_PREFIX`]);
+/// `None` for a store made before they were recorded.
+fn read_held(storage: &Storage) -> Result<Option<BTreeSet<String>>, OpenError> {
+    let names = storage.meta_keys(META_HELD_PREFIX)?;
+    Ok((!names.is_empty()).then(|| names.into_iter().collect()))
+}
+
 fn read_meta(home: &Path, storage: &Storage) -> Result<StoreMeta, OpenError> {
     fn field<T: serde::de::DeserializeOwned>(
         home: &Path,
@@ -2518,6 +2581,109 @@ mod tests {
             store.append(draft(&next)).unwrap(),
             AppendOutcome::Appended { seq, .. } if seq.get() == 41
         ));
+    }
+
+    /// Leaves the store as a build without the `sessions` projection
+    /// would have: no `p.sessions` tree, and (with `record`) a record of
+    /// held projections without it; without `record`, as a build that
+    /// recorded none.
+    fn without_sessions(dir: &Path, record: bool) {
+        let db = sled::open(db_dir(dir)).unwrap();
+        let meta = db.open_tree("meta").unwrap();
+        for p in projection::builtin() {
+            if !record || p.name() == "sessions" {
+                meta.remove(format!("{META_HELD_PREFIX}{}", p.name()))
+                    .unwrap();
+            }
+        }
+        db.drop_tree("p.sessions").unwrap();
+        db.flush().unwrap();
+    }
+
+    fn held(dir: &Path) -> Option<BTreeSet<String>> {
+        let store = open_as_found(dir);
+        let held = read_held(store.storage()).unwrap();
+        store.close().unwrap();
+        held
+    }
+
+    fn seeded(dir: &Path) -> BTreeMap<String, Rows> {
+        let store = init(dir);
+        store
+            .append_many(
+                (0..30u16)
+                    .map(|i| {
+                        draft(&Spec {
+                            actor: (i % 3) as u8,
+                            kind: (i % 2) as u8,
+                            subject: Some(i % 4),
+                            key: Some(i),
+                        })
+                    })
+                    .collect(),
+            )
+            .unwrap();
+        let rows = snapshot(&store);
+        store.close().unwrap();
+        rows
+    }
+
+    /// A projection that the build which wrote the store did not have is
+    /// new, not damaged, and the first writable open builds it from the
+    /// log and records it as held.
+    #[test]
+    fn a_projection_new_to_the_store_is_built_by_a_writable_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let expected = seeded(dir.path());
+        let all: BTreeSet<String> = projection::builtin()
+            .iter()
+            .map(|p| p.name().to_owned())
+            .collect();
+        assert_eq!(held(dir.path()).as_ref(), Some(&all));
+        without_sessions(dir.path(), true);
+        {
+            let store = open_as_found(dir.path());
+            assert_eq!(health_of(&store, "sessions"), ProjectionHealth::New);
+            assert_eq!(store.held_before("sessions"), Some(false));
+            assert_eq!(store.held_before("registry"), Some(true));
+            store.close().unwrap();
+        }
+        let store = Store::open(dir.path(), opts()).unwrap();
+        for p in store.projections().unwrap() {
+            assert_eq!(p.health, ProjectionHealth::Current, "{}", p.name);
+        }
+        assert_eq!(snapshot(&store), expected);
+        store.close().unwrap();
+        assert_eq!(held(dir.path()).as_ref(), Some(&all));
+    }
+
+    /// A store that never recorded its projections cannot tell a dropped
+    /// tree from a new one: the tree stays damaged for the doctor, and the
+    /// projections present are recorded; once repaired, it is recorded too.
+    #[test]
+    fn a_store_without_a_record_keeps_a_missing_tree_damaged_and_starts_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let expected = seeded(dir.path());
+        without_sessions(dir.path(), false);
+        let store = Store::open(dir.path(), opts()).unwrap();
+        assert!(matches!(
+            health_of(&store, "sessions"),
+            ProjectionHealth::Damaged { reason } if reason.contains("missing")
+        ));
+        assert_eq!(store.held_before("sessions"), None);
+        store.close().unwrap();
+        let recorded = held(dir.path()).unwrap();
+        assert!(!recorded.contains("sessions"));
+        assert!(recorded.contains("registry"));
+        let store = open_as_found(dir.path());
+        store
+            .rebuild(&["sessions".to_owned()], &mut |_, _| {})
+            .unwrap();
+        store.close().unwrap();
+        let store = Store::open(dir.path(), opts()).unwrap();
+        assert_eq!(snapshot(&store), expected);
+        store.close().unwrap();
+        assert!(held(dir.path()).unwrap().contains("sessions"));
     }
 
     /// An upgrade over a log damaged further back than its head cannot

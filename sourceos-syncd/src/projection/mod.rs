@@ -23,7 +23,7 @@ pub(crate) mod sessions;
 pub(crate) mod subjects;
 pub(crate) mod summary;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
@@ -437,6 +437,9 @@ pub enum ProjectionHealth {
         /// The format version this build writes.
         current: u32,
     },
+    /// Folded by this build but not by the syncd that wrote the store, so
+    /// it has no tree yet: built from the log by the next writable open.
+    New,
     /// Unusable until rebuilt.
     Damaged {
         /// Why.
@@ -451,6 +454,7 @@ impl ProjectionHealth {
             ProjectionHealth::Current => "current",
             ProjectionHealth::Behind { .. } => "behind",
             ProjectionHealth::Outdated { .. } => "outdated",
+            ProjectionHealth::New => "new",
             ProjectionHealth::Damaged { .. } => "damaged",
         }
     }
@@ -562,18 +566,23 @@ pub(crate) struct Head {
 impl Engine {
     /// Attaches the projections to their trees without folding anything.
     /// `hash_at` returns the stored hash of an event, to check that a
-    /// checkpoint names an event that is really in the log.
+    /// checkpoint names an event that is really in the log. `held` names
+    /// the projections the store is known to have had trees for (`None`
+    /// for a store that did not record them): a missing tree of one of
+    /// those is damage, of any other a projection new to this store.
     pub(crate) fn attach(
         projections: Vec<Box<dyn Projection>>,
         trees: impl Fn(&str) -> Result<Option<DerivedTree>, StorageError>,
         head: Head,
         hash_at: impl Fn(u64) -> Option<Digest>,
         genesis: Digest,
+        held: Option<&BTreeSet<String>>,
     ) -> Result<Self, StorageError> {
         let mut slots = Vec::with_capacity(projections.len());
         for projection in projections {
             let name = tree_name(projection.name());
             let tree = trees(&name)?;
+            let new = held.is_some_and(|h| !h.contains(projection.name()));
             let (applied, health) = match &tree {
                 None => (
                     Checkpoint {
@@ -581,8 +590,12 @@ impl Engine {
                         seq: 0,
                         head: genesis,
                     },
-                    ProjectionHealth::Damaged {
-                        reason: format!("tree {name} is missing"),
+                    if new {
+                        ProjectionHealth::New
+                    } else {
+                        ProjectionHealth::Damaged {
+                            reason: format!("tree {name} is missing"),
+                        }
                     },
                 ),
                 Some(t) => assess(projection.as_ref(), t, head, &hash_at, genesis),
@@ -615,11 +628,17 @@ impl Engine {
         self.slots.iter().map(|s| s.projection.name()).collect()
     }
 
-    /// Projections written in an older record format.
+    /// Projections written in an older record format or new to the store:
+    /// what a writable open builds from the log.
     pub(crate) fn outdated(&self) -> Vec<String> {
         self.slots
             .iter()
-            .filter(|s| matches!(s.health, ProjectionHealth::Outdated { .. }))
+            .filter(|s| {
+                matches!(
+                    s.health,
+                    ProjectionHealth::Outdated { .. } | ProjectionHealth::New
+                )
+            })
             .map(|s| s.projection.name().to_owned())
             .collect()
     }
@@ -721,13 +740,16 @@ impl Engine {
     /// for `why` (their rebuild failed: now it takes the doctor).
     pub(crate) fn outdated_to_damaged(&mut self, why: &str) {
         for slot in &mut self.slots {
-            if let ProjectionHealth::Outdated { found, current } = slot.health {
-                slot.health = ProjectionHealth::Damaged {
-                    reason: format!(
-                        "record format {found} (this build writes {current}) and rebuilding it failed: {why}"
-                    ),
-                };
-            }
+            let was = match slot.health {
+                ProjectionHealth::Outdated { found, current } => {
+                    format!("record format {found} (this build writes {current})")
+                }
+                ProjectionHealth::New => "new to this store".to_owned(),
+                _ => continue,
+            };
+            slot.health = ProjectionHealth::Damaged {
+                reason: format!("{was} and building it from the log failed: {why}"),
+            };
         }
     }
 
