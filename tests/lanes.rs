@@ -396,6 +396,57 @@ fn a_bad_sweep_interval_stops_the_daemon_before_it_records_anything() {
     assert_eq!(home.head(), before);
 }
 
+/// `[lanes]` in `HOME/config.toml` sets the limits the daemon runs with
+/// and reports; a watermark left unset follows the data lane's capacity.
+#[test]
+fn configured_lane_limits_are_the_ones_the_daemon_runs_with() {
+    let home = Home::new();
+    std::fs::write(
+        home.path().join("config.toml"),
+        "[lanes]\ncontrol_capacity_events = 2048\ndata_capacity_events = 3072\ntelemetry_capacity_events = 1024\n",
+    )
+    .unwrap();
+    let _daemon = home.start_daemon();
+    let status = home.status_json();
+    let lanes = lanes_of(&status);
+    let capacities: Vec<u64> = lanes
+        .iter()
+        .map(|l| l["capacity_events"].as_u64().unwrap())
+        .collect();
+    assert_eq!(capacities, vec![2_048, 3_072, 1_024], "{status:#}");
+    assert_eq!(status["lanes"]["data_pressure_watermark_events"], 1_536);
+    // Events still go through them.
+    let (code, _, lines) = post(&socket(&home), "/v1/events", telemetry_body(10).as_slice());
+    assert_eq!(code, 200);
+    assert!(lines.iter().all(|l| l["result"] == "appended"), "{lines:?}");
+}
+
+/// A `[lanes]` value out of its bounds (or an unknown key) stops the
+/// daemon before it records anything, naming the file and the key.
+#[test]
+fn a_bad_lanes_section_stops_the_daemon_before_it_records_anything() {
+    for (text, key) in [
+        (
+            "[lanes]\ndata_capacity_events = 5\n",
+            "data_capacity_events",
+        ),
+        (
+            "[lanes]\ntelemetry_capacity_events = 100000000\n",
+            "telemetry_capacity_events",
+        ),
+        ("[lanes]\nurgent_events = 1\n", "urgent_events"),
+    ] {
+        let home = Home::new();
+        std::fs::write(home.path().join("config.toml"), text).unwrap();
+        let before = home.head();
+        let out = home.run(&["daemon"]);
+        assert_eq!(out.status.code(), Some(4), "{text}");
+        let err = stderr(&out);
+        assert!(err.contains("config.toml") && err.contains(key), "{err}");
+        assert_eq!(home.head(), before);
+    }
+}
+
 #[test]
 fn syncd_ingest_served_by_the_daemon_goes_through_the_lanes() {
     let home = Home::new();

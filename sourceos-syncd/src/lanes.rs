@@ -19,6 +19,7 @@ use std::collections::VecDeque;
 
 use serde::{Deserialize, Serialize};
 
+use crate::config::{read_config_file, ConfigFileError, CONFIG_FILE};
 use crate::event::{EventDraft, Payload};
 use crate::ids::{ActorId, EventKind, Timestamp};
 use crate::kinds::KindSpec;
@@ -140,17 +141,103 @@ impl Default for LaneLimits {
     }
 }
 
+/// Largest capacity a lane may be given, in events: whatever the settings
+/// say, the events a daemon holds queued stay bounded.
+pub const MAX_LANE_CAPACITY_EVENTS: usize = 262_144;
+/// Longest retry delay a deferred submitter may be told, in milliseconds.
+pub const MAX_RETRY_AFTER_MS: u64 = 60_000;
+
+/// The `[lanes]` section of `HOME/config.toml` cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum LaneConfigError {
+    /// The file cannot be read.
+    #[error(transparent)]
+    File(#[from] ConfigFileError),
+    /// A value is missing its bounds or the section has an unknown key.
+    #[error("{path}: [lanes] {reason}")]
+    Invalid {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+#[derive(Deserialize)]
+struct LanesFile {
+    #[serde(default)]
+    lanes: Option<LanesSection>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LanesSection {
+    #[serde(default)]
+    control_capacity_events: Option<usize>,
+    #[serde(default)]
+    data_capacity_events: Option<usize>,
+    #[serde(default)]
+    telemetry_capacity_events: Option<usize>,
+    #[serde(default)]
+    data_pressure_watermark_events: Option<usize>,
+    #[serde(default)]
+    retry_after_ms: Option<u64>,
+}
+
 impl LaneLimits {
-    /// Checks that every lane takes at least one full item and that the
-    /// data pressure watermark lies within the data lane.
+    /// Loads the `[lanes]` section of `HOME/config.toml`; a missing file,
+    /// section or key is the default.
+    pub fn load(home: &std::path::Path) -> Result<Self, LaneConfigError> {
+        let Some(text) = read_config_file(home, CONFIG_FILE)? else {
+            return Ok(Self::default());
+        };
+        Self::parse(&text).map_err(|reason| LaneConfigError::Invalid {
+            path: home.join(CONFIG_FILE),
+            reason,
+        })
+    }
+
+    /// Parses configuration text (other sections are left to their
+    /// owners). Without `data_pressure_watermark_events`, telemetry is shed
+    /// once the data lane is half full, whatever its capacity.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let file: LanesFile = toml::from_str(text).map_err(|e| e.to_string())?;
+        let mut l = Self::default();
+        let Some(s) = file.lanes else {
+            return Ok(l);
+        };
+        if let Some(v) = s.control_capacity_events {
+            l.control_capacity_events = v;
+        }
+        if let Some(v) = s.data_capacity_events {
+            l.data_capacity_events = v;
+        }
+        if let Some(v) = s.telemetry_capacity_events {
+            l.telemetry_capacity_events = v;
+        }
+        l.data_pressure_watermark_events = s
+            .data_pressure_watermark_events
+            .unwrap_or((l.data_capacity_events / 2).max(1));
+        if let Some(v) = s.retry_after_ms {
+            l.retry_after_ms = v;
+        }
+        l.check()?;
+        Ok(l)
+    }
+
+    /// Checks that every lane takes at least one full item and at most
+    /// [`MAX_LANE_CAPACITY_EVENTS`], that the data pressure watermark lies
+    /// within the data lane and that the retry delay is 1 ms to a minute.
     pub fn check(&self) -> Result<(), String> {
         for (name, v) in [
             ("control_capacity_events", self.control_capacity_events),
             ("data_capacity_events", self.data_capacity_events),
             ("telemetry_capacity_events", self.telemetry_capacity_events),
         ] {
-            if v < MAX_LANE_ITEM_EVENTS {
-                return Err(format!("{name} is {v}; at least {MAX_LANE_ITEM_EVENTS}"));
+            if !(MAX_LANE_ITEM_EVENTS..=MAX_LANE_CAPACITY_EVENTS).contains(&v) {
+                return Err(format!(
+                    "{name} is {v}; it must be {MAX_LANE_ITEM_EVENTS} to {MAX_LANE_CAPACITY_EVENTS}"
+                ));
             }
         }
         if self.data_pressure_watermark_events == 0
@@ -161,8 +248,11 @@ impl LaneLimits {
                 self.data_pressure_watermark_events, self.data_capacity_events
             ));
         }
-        if self.retry_after_ms == 0 {
-            return Err("retry_after_ms must be at least 1".into());
+        if self.retry_after_ms == 0 || self.retry_after_ms > MAX_RETRY_AFTER_MS {
+            return Err(format!(
+                "retry_after_ms is {}; it must be 1 to {MAX_RETRY_AFTER_MS}",
+                self.retry_after_ms
+            ));
         }
         Ok(())
     }
@@ -697,6 +787,80 @@ mod tests {
         assert_eq!(
             admit(Lane::Telemetry, 1, depths(0, 4_096, 0), &l),
             Admission::Shed
+        );
+    }
+
+    #[test]
+    fn the_lanes_section_is_read_checked_and_defaulted() {
+        assert_eq!(LaneLimits::parse("").unwrap(), limits());
+        assert_eq!(
+            LaneLimits::parse("[orphans]\nttl_seconds = 9\n").unwrap(),
+            limits()
+        );
+        let l = LaneLimits::parse(
+            "[lanes]\ncontrol_capacity_events = 2048\ndata_capacity_events = 3000\ntelemetry_capacity_events = 1024\nretry_after_ms = 40\n",
+        )
+        .unwrap();
+        assert_eq!(
+            l,
+            LaneLimits {
+                control_capacity_events: 2_048,
+                data_capacity_events: 3_000,
+                telemetry_capacity_events: 1_024,
+                data_pressure_watermark_events: 1_500,
+                retry_after_ms: 40,
+            }
+        );
+        let l = LaneLimits::parse("[lanes]\ndata_pressure_watermark_events = 8192\n").unwrap();
+        assert_eq!(l.data_pressure_watermark_events, 8_192);
+        for (text, names) in [
+            (
+                "[lanes]\ncontrol_capacity_events = 10\n",
+                "control_capacity_events",
+            ),
+            (
+                "[lanes]\ndata_capacity_events = 10000000\n",
+                "data_capacity_events",
+            ),
+            (
+                "[lanes]\ndata_pressure_watermark_events = 9000\n",
+                "data_pressure_watermark_events",
+            ),
+            ("[lanes]\nretry_after_ms = 0\n", "retry_after_ms"),
+            ("[lanes]\nretry_after_ms = 600000\n", "retry_after_ms"),
+            (
+                "[lanes]\nurgent_capacity_events = 5\n",
+                "urgent_capacity_events",
+            ),
+            (
+                "[lanes]\ndata_capacity_events = -1\n",
+                "data_capacity_events",
+            ),
+            (
+                "[lanes]\ndata_capacity_events = \"many\"\n",
+                "data_capacity_events",
+            ),
+        ] {
+            let e = LaneLimits::parse(text).unwrap_err();
+            assert!(e.contains(names), "{text}: {e}");
+        }
+    }
+
+    #[test]
+    fn the_lanes_section_is_loaded_from_the_home() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(LaneLimits::load(dir.path()).unwrap(), limits());
+        let path = dir.path().join(CONFIG_FILE);
+        std::fs::write(&path, "[lanes]\ndata_capacity_events = 2048\n").unwrap();
+        assert_eq!(
+            LaneLimits::load(dir.path()).unwrap().data_capacity_events,
+            2_048
+        );
+        std::fs::write(&path, "[lanes]\ndata_capacity_events = 1\n").unwrap();
+        let e = LaneLimits::load(dir.path()).unwrap_err().to_string();
+        assert!(
+            e.contains("config.toml") && e.contains("[lanes] data_capacity_events is 1"),
+            "{e}"
         );
     }
 

@@ -10,6 +10,7 @@ mod bundle;
 mod capability;
 mod clock;
 mod codec;
+mod config;
 mod contract;
 mod coordinator;
 mod diagnostics;
@@ -55,6 +56,7 @@ pub use clock::{
     Clock, CountingIdGenerator, IdGenerator, SteppingClock, SystemClock, UuidV7Generator,
 };
 pub use codec::{DecodeError, EncodeError};
+pub use config::{read_config_file, ConfigFileError, CONFIG_FILE, MAX_CONFIG_BYTES};
 pub use contract::{
     choose as choose_schema, schema_info, validate_document, Checked, ContractError, SchemaInfo,
     SetRules, Violation, MAX_SET_DOCUMENTS, MAX_VIOLATIONS, SCHEMAS,
@@ -101,9 +103,10 @@ pub use ingest::{
 pub use kinds::{known_kinds, validate as validate_kind};
 pub use lanes::{
     admit as lane_admission, classify as classify_lane, items as lane_items, parse_submission,
-    record_shed, Admission, Depths as LaneDepths, Lane, LaneCounters, LaneLimits, LaneQueues,
-    LaneStatus, LaneView, ShedEpisode, ShedTracker, SubmittedLine, INGEST_ACTOR,
-    MAX_LANE_BATCH_EVENTS, MAX_LANE_ITEM_EVENTS, MAX_TELEMETRY_ITEM_EVENTS, TELEMETRY_SHED_KIND,
+    record_shed, Admission, Depths as LaneDepths, Lane, LaneConfigError, LaneCounters, LaneLimits,
+    LaneQueues, LaneStatus, LaneView, ShedEpisode, ShedTracker, SubmittedLine, INGEST_ACTOR,
+    MAX_LANE_BATCH_EVENTS, MAX_LANE_CAPACITY_EVENTS, MAX_LANE_ITEM_EVENTS, MAX_RETRY_AFTER_MS,
+    MAX_TELEMETRY_ITEM_EVENTS, TELEMETRY_SHED_KIND,
 };
 pub use lifecycle::{
     readiness, transition as lifecycle_transition, Gate, InvalidLifecycleTransition,
@@ -145,7 +148,7 @@ pub use session::{
 pub use session_dag::{
     orphans, session, session_ref, session_totals, sessions, sweep, Orphan, OrphanConfig,
     OrphanEventReceipt, SessionDagError, SessionDetail, SessionView, SweepReport, TurnView,
-    CONFIG_FILE, DEFAULT_ORPHAN_TTL_SECONDS, DEFAULT_SWEEP_INTERVAL_MS, MAX_ORPHAN_TTL_SECONDS,
+    DEFAULT_ORPHAN_TTL_SECONDS, DEFAULT_SWEEP_INTERVAL_MS, MAX_ORPHAN_TTL_SECONDS,
     ORPHAN_RECEIPT_SPEC_VERSION, SWEEP_INTERVAL_RANGE_MS,
 };
 pub use shutdown::{run_graph, GraphError, StepAction, StepResult, StepSpec, MAX_SHUTDOWN_STEPS};

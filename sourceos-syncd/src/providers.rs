@@ -19,10 +19,10 @@ use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 
+use crate::config::{read_config_file, ConfigFileError, MAX_CONFIG_BYTES};
+
 /// The daemon's configuration file in the home.
 pub const DAEMON_CONFIG_FILE: &str = "daemon.toml";
-/// Largest configuration file, in bytes.
-pub const MAX_CONFIG_BYTES: u64 = 64 * 1024;
 /// Largest provider answer read, in bytes.
 pub const MAX_ANSWER_BYTES: u64 = 64 * 1024;
 /// Default provider timeout.
@@ -186,26 +186,20 @@ impl DaemonConfig {
     /// Reads `HOME/daemon.toml`; a missing file is the default (local-only).
     pub fn load(home: &Path) -> Result<Self, ConfigError> {
         let path = home.join(DAEMON_CONFIG_FILE);
-        let invalid = |reason: String| ConfigError::Invalid {
-            path: path.clone(),
-            reason,
-        };
-        match std::fs::metadata(&path) {
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Self::default()),
-            Err(source) => return Err(ConfigError::Read { path, source }),
-            Ok(m) if m.len() > MAX_CONFIG_BYTES => {
-                return Err(invalid(format!(
-                    "{} bytes; at most {MAX_CONFIG_BYTES}",
-                    m.len()
-                )))
+        let text = match read_config_file(home, DAEMON_CONFIG_FILE) {
+            Ok(None) => return Ok(Self::default()),
+            Ok(Some(text)) => text,
+            Err(ConfigFileError::Read { path, source }) => {
+                return Err(ConfigError::Read { path, source })
             }
-            Ok(_) => {}
-        }
-        let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Read {
-            path: path.clone(),
-            source,
-        })?;
-        Self::parse(home, &text).map_err(invalid)
+            Err(ConfigFileError::TooLarge { path, bytes }) => {
+                return Err(ConfigError::Invalid {
+                    path,
+                    reason: format!("{bytes} bytes; at most {MAX_CONFIG_BYTES}"),
+                })
+            }
+        };
+        Self::parse(home, &text).map_err(|reason| ConfigError::Invalid { path, reason })
     }
 
     /// Parses configuration text; relative provider files are under `home`.

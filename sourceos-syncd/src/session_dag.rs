@@ -29,6 +29,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::config::{read_config_file, ConfigFileError, CONFIG_FILE, MAX_CONFIG_BYTES};
 use crate::event::{EventDraft, Payload};
 use crate::ids::{ActorId, EventKind, IdempotencyKey, Timestamp};
 use crate::projection::sessions::{
@@ -42,8 +43,6 @@ use crate::session::{
 };
 use crate::store::{AppendError, AppendOutcome, Store};
 
-/// The home's configuration file.
-pub const CONFIG_FILE: &str = "config.toml";
 /// Orphan TTL when the configuration does not set one, in seconds.
 pub const DEFAULT_ORPHAN_TTL_SECONDS: u64 = 300;
 /// Longest orphan TTL accepted, in seconds (one year).
@@ -63,8 +62,6 @@ pub const MAX_SESSION_LISTED: usize = 10_000;
 pub const MAX_SWEEP_EXAMINED: usize = 65_536;
 /// Quarantine decisions one sweep records (run it again for the rest).
 pub const MAX_SWEEP_QUARANTINED: usize = 1_024;
-/// Largest configuration file read, in bytes.
-const MAX_CONFIG_BYTES: u64 = 64 * 1024;
 
 /// A session DAG read or sweep failed.
 #[derive(Debug, thiserror::Error)]
@@ -134,24 +131,23 @@ impl OrphanConfig {
     /// Loads `HOME/config.toml`; a missing file (or section, or key) is
     /// the default.
     pub fn load(home: &Path) -> Result<Self, SessionDagError> {
-        let path = home.join(CONFIG_FILE);
-        let meta = match std::fs::metadata(&path) {
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Self::default()),
-            Err(source) => return Err(SessionDagError::ConfigRead { path, source }),
-            Ok(m) => m,
+        let text = match read_config_file(home, CONFIG_FILE) {
+            Ok(None) => return Ok(Self::default()),
+            Ok(Some(text)) => text,
+            Err(ConfigFileError::Read { path, source }) => {
+                return Err(SessionDagError::ConfigRead { path, source })
+            }
+            Err(ConfigFileError::TooLarge { path, bytes }) => {
+                return Err(SessionDagError::ConfigInvalid {
+                    path,
+                    reason: format!("{bytes} bytes; at most {MAX_CONFIG_BYTES}"),
+                })
+            }
         };
-        if meta.len() > MAX_CONFIG_BYTES {
-            return Err(SessionDagError::ConfigInvalid {
-                path,
-                reason: format!("{} bytes; at most {MAX_CONFIG_BYTES}", meta.len()),
-            });
-        }
-        let text =
-            std::fs::read_to_string(&path).map_err(|source| SessionDagError::ConfigRead {
-                path: path.clone(),
-                source,
-            })?;
-        Self::parse(&text).map_err(|reason| SessionDagError::ConfigInvalid { path, reason })
+        Self::parse(&text).map_err(|reason| SessionDagError::ConfigInvalid {
+            path: home.join(CONFIG_FILE),
+            reason,
+        })
     }
 
     /// Parses configuration text (other sections are left to their owners).

@@ -29,8 +29,6 @@ pub const DEFAULT_INTERVAL_MS: u64 = 1_000;
 pub const INTERVAL_MS_RANGE: (u64, u64) = (50, 3_600_000);
 /// Stream name when the file does not set one.
 pub const DEFAULT_STREAM: &str = "SYNCD";
-/// Largest configuration file read, in bytes.
-const MAX_CONFIG_BYTES: u64 = 64 * 1024;
 
 /// The replication settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -150,26 +148,26 @@ impl ReplicationConfig {
     /// Loads the `[replication]` section of `HOME/config.toml`; a missing
     /// file or section is the default (replication off).
     pub fn load(home: &Path) -> Result<Self, ConfigError> {
-        let path = home.join(sourceos_syncd::CONFIG_FILE);
-        let meta = match std::fs::metadata(&path) {
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Self::default()),
-            Err(source) => return Err(ConfigError::Read { path, source }),
-            Ok(m) => m,
+        let text = match sourceos_syncd::read_config_file(home, sourceos_syncd::CONFIG_FILE) {
+            Ok(None) => return Ok(Self::default()),
+            Ok(Some(text)) => text,
+            Err(sourceos_syncd::ConfigFileError::Read { path, source }) => {
+                return Err(ConfigError::Read { path, source })
+            }
+            Err(sourceos_syncd::ConfigFileError::TooLarge { path, bytes }) => {
+                return Err(ConfigError::Invalid {
+                    path,
+                    reason: format!(
+                        "the file is {bytes} bytes; at most {}",
+                        sourceos_syncd::MAX_CONFIG_BYTES
+                    ),
+                })
+            }
         };
-        if meta.len() > MAX_CONFIG_BYTES {
-            return Err(ConfigError::Invalid {
-                path,
-                reason: format!(
-                    "the file is {} bytes; at most {MAX_CONFIG_BYTES}",
-                    meta.len()
-                ),
-            });
-        }
-        let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Read {
-            path: path.clone(),
-            source,
-        })?;
-        Self::parse(&text).map_err(|reason| ConfigError::Invalid { path, reason })
+        Self::parse(&text).map_err(|reason| ConfigError::Invalid {
+            path: home.join(sourceos_syncd::CONFIG_FILE),
+            reason,
+        })
     }
 
     /// Parses configuration text.

@@ -107,9 +107,10 @@ fn serve(cli: &Cli, home: &Path, a: &DaemonArgs) -> Result<u8, Failure> {
             .map_err(|e| Failure::usage(format!("--nats: {e}")))?;
         replication_config.enabled = true;
     }
-    // The sweeper's TTL and interval: a bad `config.toml` stops the start
-    // here, before anything is recorded.
+    // The sweeper's TTL and interval and the lanes' limits: a bad
+    // `config.toml` stops the start here, before anything is recorded.
     let orphan_config = core::OrphanConfig::load(home).map_err(|e| Failure::store(&e))?;
+    let lane_limits = core::LaneLimits::load(home).map_err(|e| Failure::store(&e))?;
     if let Some(socket) = client::discover(home) {
         return Err(fail(format!(
             "a daemon already runs for {} (socket {})",
@@ -167,7 +168,7 @@ fn serve(cli: &Cli, home: &Path, a: &DaemonArgs) -> Result<u8, Failure> {
     let _ = std::fs::remove_file(&socket);
     let listener = UnixListener::bind(&socket)
         .map_err(|e| fail(format!("cannot listen on {}: {e}", socket.display())))?;
-    let lanes = lanes::Lanes::start(store.clone(), core::LaneLimits::default())
+    let lanes = lanes::Lanes::start(store.clone(), lane_limits)
         .map_err(|e| fail(format!("cannot start the ingest lanes: {e}")))?;
     let shared = Arc::new(Shared {
         pane: a.pane,
