@@ -357,6 +357,11 @@ fn a_concurrent_update_is_the_same_single_conflict_everywhere() {
     assert_eq!(ca, cb);
     assert_eq!(a.status_json()["conflict_count"], 1);
     assert_eq!(b.status_json()["conflict_count"], 1);
+    let text = stdout(&b.run(&["status"]));
+    assert!(
+        text.contains("conflicts  1 unresolved (`syncd conflicts`)"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -436,6 +441,11 @@ fn offline_work_continues_and_catches_up_after_reconnecting_and_restarts() {
     let s = a.status_json();
     assert_eq!(s["health"], "offline_local_only", "{s:#}");
     assert_eq!(s["replication"]["reached_server"], false);
+    let text = stdout(&a.run(&["status"]));
+    assert!(
+        text.contains("replication offline, working locally"),
+        "{text}"
+    );
     let peers = json_of(&a, &["peers", "--json"]);
     assert_eq!(peers["reached_server"], false, "{peers:#}");
     assert_eq!(peers["peers"][0]["device"], "device:b");
@@ -499,6 +509,11 @@ fn offline_work_continues_and_catches_up_after_reconnecting_and_restarts() {
     assert_eq!(b.status_json()["replication"]["stale_peers"], 1);
     let text = stdout(&b.run(&["peers"]));
     assert!(text.contains("STALE"), "{text}");
+    let text = stdout(&b.run(&["status"]));
+    assert!(
+        text.contains("replication 1 peer(s), lag at most 0 event(s), 1 STALE"),
+        "{text}"
+    );
 }
 
 /// Devices that connect for the first time at the same moment each find

@@ -248,7 +248,12 @@ fn render(r: &SyncReport, json: bool) -> Result<(), Failure> {
         return Ok(());
     }
     let p = &r.published;
-    if p.from_seq == 0 {
+    if p.from_seq == 0 && p.confirmed_seq == 0 {
+        out.line(&format!(
+            "published: nothing; {} has no events yet",
+            r.device
+        ))?;
+    } else if p.from_seq == 0 {
         out.line(&format!(
             "published: nothing new; the stream holds {} through event {}",
             r.device, p.confirmed_seq

@@ -397,6 +397,15 @@ fn status(cli: &Cli, home: &Path, a: &crate::cli::StatusArgs) -> Result<u8, Fail
                 p.state, p.checkpoint_seq
             ))?;
         }
+        if doc.conflict_count > 0 {
+            out.line(&format!(
+                "  conflicts  {} unresolved (`syncd conflicts`)",
+                doc.conflict_count
+            ))?;
+        }
+        if let Some(r) = &doc.replication {
+            out.line(&format!("  replication {}", replication_line(r)))?;
+        }
         if let Some(r) = &doc.write_blocked_reason {
             out.line(&format!("  writes     refused: {r}"))?;
         }
@@ -414,6 +423,29 @@ fn status(cli: &Cli, home: &Path, a: &crate::cli::StatusArgs) -> Result<u8, Fail
     }
     out.flush()?;
     Ok(exit::OK)
+}
+
+/// The replication block of status in one line: whether the last pass
+/// reached a server, and the peers as it left them.
+fn replication_line(r: &core::ReplicationStatus) -> String {
+    let when = r.last_attempt_at.as_deref().unwrap_or("never");
+    if !r.reached_server {
+        let why = r
+            .last_error
+            .as_deref()
+            .map(|e| format!(": {e}"))
+            .unwrap_or_default();
+        return format!("offline, working locally (last pass {when}{why})");
+    }
+    let stale = if r.stale_peers > 0 {
+        format!(", {} STALE", r.stale_peers)
+    } else {
+        String::new()
+    };
+    format!(
+        "{} peer(s), lag at most {} event(s){stale}; last pass {when}",
+        r.peers, r.max_lag
+    )
 }
 
 fn doctor(cli: &Cli, home: &Path, a: &crate::cli::DoctorArgs) -> Result<u8, Failure> {
