@@ -870,6 +870,69 @@ fn bad_configuration_and_arguments_are_clear_errors() {
     assert!(stderr(&out).contains("stream_replicas"), "{}", stderr(&out));
 }
 
+/// A stream that exists but not as configured is named in a clear error
+/// (exit 2), and nothing local changes: copies a lone server cannot hold
+/// (it accepts the count and keeps one), and a stream of that name that
+/// carries other subjects.
+#[test]
+fn a_stream_unlike_its_configuration_is_a_clear_error() {
+    let nats = Nats::start();
+    let a = device("a");
+    ingest_ok(&a, &notes("a", 3));
+    let config = |extra: &str| {
+        format!(
+            "[replication]\nenabled = true\nservers = [\"{}\"]\n{extra}",
+            nats.url()
+        )
+    };
+    std::fs::write(
+        a.path().join("config.toml"),
+        config("stream_replicas = 1\n"),
+    )
+    .unwrap();
+    assert_eq!(a.run(&["sync"]).status.code(), Some(0));
+    let head = a.head();
+
+    std::fs::write(
+        a.path().join("config.toml"),
+        config("stream_replicas = 3\n"),
+    )
+    .unwrap();
+    let out = a.run(&["sync"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains(
+            "stream SYNCD: [replication] stream_replicas asks for 3 copies but the servers hold 1"
+        ),
+        "{err}"
+    );
+    assert_eq!(a.head(), head);
+    // So does every later pass: the single server cannot hold three.
+    let out = a.run(&["sync"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+
+    let (rt, js) = jetstream(&nats);
+    rt.block_on(async {
+        js.create_stream(async_nats::jetstream::stream::Config {
+            name: "OTHER".into(),
+            subjects: vec!["other.>".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    });
+    std::fs::write(a.path().join("config.toml"), config("stream = \"OTHER\"\n")).unwrap();
+    let out = a.run(&["sync"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("stream OTHER: it exists for the subjects") && err.contains("syncd.ev.>"),
+        "{err}"
+    );
+    assert_eq!(a.head(), head);
+}
+
 /// Runs `syncd sync` until it succeeds (a cluster settling, a server
 /// failing over), at most `tries` times; returns the last report.
 fn sync_until_ok(home: &Home, tries: u32) -> Value {
@@ -894,12 +957,27 @@ fn a_three_node_cluster_with_r3_loses_nothing_when_a_server_dies_mid_burst() {
         servers.join(", ")
     );
     let (a, b) = (device("a"), device("b"));
+    // The first pass creates the stream once the cluster has a leader; it
+    // is made with one replica here, then the configuration asks for
+    // three and the next pass scales it up in place.
+    std::fs::write(
+        a.path().join("config.toml"),
+        config.replace("stream_replicas = 3", "stream_replicas = 1"),
+    )
+    .unwrap();
+    ingest_ok(&a, &notes("warm", 1));
+    sync_until_ok(&a, 40);
     for h in [&a, &b] {
         std::fs::write(h.path().join("config.toml"), &config).unwrap();
     }
-    // The first pass creates the R3 stream once the cluster has a leader.
-    ingest_ok(&a, &notes("warm", 1));
     sync_until_ok(&a, 40);
+    let (rt, js) = jetstream(&cluster[0]);
+    let replicas = rt.block_on(async {
+        let mut stream = js.get_stream("SYNCD").await.unwrap();
+        stream.info().await.unwrap().config.num_replicas
+    });
+    assert_eq!(replicas, 3);
+    drop((rt, js));
 
     for batch in 0..3 {
         ingest_ok(&a, &notes(&format!("burst{batch}"), 1_000));

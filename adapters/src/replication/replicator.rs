@@ -110,6 +110,15 @@ pub enum ReplicationError {
         /// Why.
         reason: String,
     },
+    /// The stream exists but not as the configuration asks, and cannot be
+    /// made so.
+    #[error("stream {stream}: {reason}")]
+    Stream {
+        /// The stream.
+        stream: String,
+        /// What differs, and why it was not changed.
+        reason: String,
+    },
     /// The local store failed.
     #[error("local store: {0}")]
     Store(String),
@@ -237,9 +246,10 @@ impl Replicator {
                 reason: e.to_string(),
             })?;
         let context = jetstream::new(client);
+        let subjects = format!("{}.>", wire::SUBJECT_PREFIX);
         let wanted = stream::Config {
             name: config.stream.clone(),
-            subjects: vec![format!("{}.>", wire::SUBJECT_PREFIX)],
+            subjects: vec![subjects.clone()],
             storage: stream::StorageType::File,
             num_replicas: config.stream_replicas,
             duplicate_window: Duration::from_millis(DUPLICATE_WINDOW_MS),
@@ -256,6 +266,7 @@ impl Replicator {
                 .await
                 .map_err(|_| js("stream")(refused))?,
         };
+        let stream = Self::as_configured(&context, stream, &subjects, config).await?;
         let meta = store.meta();
         let profile = meta.profile.to_string();
         let device = meta.device.to_string();
@@ -266,6 +277,65 @@ impl Replicator {
             profile,
             device,
         })
+    }
+
+    /// Makes an existing stream what the configuration asks: it must carry
+    /// the replication subjects, and a replica count that differs from
+    /// `stream_replicas` is changed (a cluster scales a stream up or down
+    /// in place). The copies the servers actually hold must then be as
+    /// many as configured: a server outside a cluster accepts any count
+    /// and keeps one. What cannot be made so is an error naming the stream,
+    /// rather than replication running with fewer copies than configured.
+    async fn as_configured(
+        context: &jetstream::Context,
+        mut stream: stream::Stream,
+        subjects: &str,
+        config: &ReplicationConfig,
+    ) -> Result<stream::Stream, ReplicationError> {
+        let wanted = config.stream_replicas;
+        let mismatch = |reason: String| ReplicationError::Stream {
+            stream: config.stream.clone(),
+            reason,
+        };
+        let found = stream.cached_info().config.clone();
+        if !found.subjects.iter().any(|s| s == subjects) {
+            return Err(mismatch(format!(
+                "it exists for the subjects {:?}, not {subjects}; name another stream in [replication] stream",
+                found.subjects
+            )));
+        }
+        // A stream created without a count has one replica.
+        let has = found.num_replicas.max(1);
+        if has != wanted {
+            let mut changed = found;
+            changed.num_replicas = wanted;
+            context.update_stream(&changed).await.map_err(|e| {
+                mismatch(format!(
+                    "it has {has} replica(s) and [replication] stream_replicas asks for {wanted}; the server refused the change: {e}"
+                ))
+            })?;
+            tracing::info!(
+                stream = %config.stream,
+                from = has,
+                to = wanted,
+                "stream replicas changed as configured"
+            );
+            stream = context
+                .get_stream(&config.stream)
+                .await
+                .map_err(js("stream"))?;
+        }
+        let copies = 1 + stream
+            .cached_info()
+            .cluster
+            .as_ref()
+            .map_or(0, |c| c.replicas.len());
+        if copies < wanted {
+            return Err(mismatch(format!(
+                "[replication] stream_replicas asks for {wanted} copies but the servers hold {copies} (a server outside a cluster holds one)"
+            )));
+        }
+        Ok(stream)
     }
 
     /// The last position of `device` present in the stream.
