@@ -12,7 +12,7 @@
 
 mod support;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -930,6 +930,145 @@ fn a_stream_unlike_its_configuration_is_a_clear_error() {
         err.contains("stream OTHER: it exists for the subjects") && err.contains("syncd.ev.>"),
         "{err}"
     );
+    assert_eq!(a.head(), head);
+}
+
+/// Runs `openssl` in `dir`, failing the test with its output if it fails.
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("openssl is installed");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A throwaway CA, a server certificate for 127.0.0.1 and a client
+/// certificate, all signed by it, in `dir`.
+fn test_pki(dir: &Path) {
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    let mut ca = vec!["req", "-x509", "-days", "2", "-subj", "/CN=syncd test CA"];
+    ca.extend_from_slice(&ec);
+    ca.extend_from_slice(&["-keyout", "ca-key.pem", "-out", "ca.pem"]);
+    openssl(dir, &ca);
+    for (name, ext) in [
+        (
+            "server",
+            "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
+        ),
+        ("client", "extendedKeyUsage=clientAuth\n"),
+    ] {
+        std::fs::write(dir.join(format!("{name}.ext")), ext).unwrap();
+        let (key, csr, pem, ext) = (
+            format!("{name}-key.pem"),
+            format!("{name}.csr"),
+            format!("{name}.pem"),
+            format!("{name}.ext"),
+        );
+        let mut req = vec!["req", "-subj", "/CN=127.0.0.1"];
+        req.extend_from_slice(&ec);
+        req.extend_from_slice(&["-keyout", &key, "-out", &csr]);
+        openssl(dir, &req);
+        openssl(
+            dir,
+            &[
+                "x509",
+                "-req",
+                "-days",
+                "2",
+                "-in",
+                &csr,
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca-key.pem",
+                "-CAcreateserial",
+                "-extfile",
+                &ext,
+                "-out",
+                &pem,
+            ],
+        );
+    }
+}
+
+/// Replication over TLS to a server that verifies clients: devices with the
+/// CA and a client certificate converge; without them, or with a file
+/// that is not there, the pass fails clearly and nothing local changes.
+#[test]
+fn replication_over_tls_with_client_certificates() {
+    let pki = tempfile::tempdir().unwrap();
+    test_pki(pki.path());
+    let file = |name: &str| pki.path().join(name).display().to_string();
+    let tmp = tempfile::tempdir().unwrap();
+    let mut nats = Nats {
+        child: None,
+        port: free_port(),
+        dir: tmp.path().to_path_buf(),
+        args: vec![
+            "--tls".into(),
+            "--tlscert".into(),
+            file("server.pem"),
+            "--tlskey".into(),
+            file("server-key.pem"),
+            "--tlscacert".into(),
+            file("ca.pem"),
+            "--tlsverify".into(),
+        ],
+        _tmp: tmp,
+    };
+    nats.spawn();
+    let url = format!("tls://127.0.0.1:{}", nats.port);
+    let config = |tls: &str| format!("[replication]\nenabled = true\nservers = [\"{url}\"]\n{tls}");
+    let full = format!(
+        "tls_ca_file = \"{}\"\ntls_cert_file = \"{}\"\ntls_key_file = \"{}\"\n",
+        file("ca.pem"),
+        file("client.pem"),
+        file("client-key.pem")
+    );
+    let (a, b) = (device("a"), device("b"));
+    for h in [&a, &b] {
+        std::fs::write(h.path().join("config.toml"), config(&full)).unwrap();
+    }
+    ingest_ok(&a, &notes("tls", 5));
+    let head = a.head();
+    assert_eq!(a.run(&["sync"]).status.code(), Some(0));
+    let out = b.run(&["sync", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["peers"][0]["appended"], 5, "{report:#}");
+    assert_eq!(projections(&a), projections(&b));
+
+    // The server's certificate is not trusted without the CA; the server
+    // refuses a client without a certificate.
+    let ca_only = format!("tls_ca_file = \"{}\"\n", file("ca.pem"));
+    for tls in ["", ca_only.as_str()] {
+        std::fs::write(a.path().join("config.toml"), config(tls)).unwrap();
+        let out = a.run(&["sync"]);
+        assert_eq!(out.status.code(), Some(69), "{tls:?}: {}", stderr(&out));
+        assert!(
+            stderr(&out).contains("no replication server reachable"),
+            "{}",
+            stderr(&out)
+        );
+        assert_eq!(a.head(), head);
+    }
+    // A file that is not there is named.
+    let missing = full.replace("client-key.pem", "gone-key.pem");
+    std::fs::write(a.path().join("config.toml"), config(&missing)).unwrap();
+    let out = a.run(&["sync"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("gone-key.pem"), "{}", stderr(&out));
     assert_eq!(a.head(), head);
 }
 

@@ -27,7 +27,9 @@ fn replication_failure(e: &ReplicationError) -> Failure {
     let code = match e {
         ReplicationError::Unreachable { .. } => exit::UNAVAILABLE,
         ReplicationError::Store(_) => exit::STORE,
-        ReplicationError::Credentials { .. } | ReplicationError::Stream { .. } => exit::USAGE,
+        ReplicationError::Credentials { .. }
+        | ReplicationError::TlsFile { .. }
+        | ReplicationError::Stream { .. } => exit::USAGE,
         _ => exit::DATA,
     };
     Failure {

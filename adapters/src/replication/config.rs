@@ -5,11 +5,17 @@
 //! enabled = true                      # off by default
 //! servers = ["nats://10.0.0.2:4222"]  # one server or a cluster, at most 16
 //! credentials_file = "/home/me/.config/nats/syncd.creds"
+//! tls_ca_file = "ca.pem"              # trust servers signed by this CA too
+//! tls_cert_file = "device.pem"        # a client certificate, with its key,
+//! tls_key_file = "device-key.pem"     # for servers that verify clients
 //! stream = "SYNCD"                    # JetStream stream name
 //! stream_replicas = 1                 # 1, or 3 on a cluster
 //! stale_after_seconds = 3600          # a peer not heard from for longer is stale
 //! interval_ms = 1000                  # the daemon's pause between passes
 //! ```
+//!
+//! Relative file names are under the home. Any `tls_*` key makes TLS
+//! required: a server that does not offer it is not used in plain text.
 //!
 //! Other sections of the file belong to their own owners and are ignored.
 
@@ -39,6 +45,11 @@ pub struct ReplicationConfig {
     pub servers: Vec<String>,
     /// NATS credentials file, when the servers need one.
     pub credentials_file: Option<PathBuf>,
+    /// Certificate authorities (PEM) trusted for the servers' certificates,
+    /// besides the system's.
+    pub tls_ca_file: Option<PathBuf>,
+    /// Client certificate and key (PEM), for servers that verify clients.
+    pub tls_client: Option<(PathBuf, PathBuf)>,
     /// The JetStream stream.
     pub stream: String,
     /// Replicas of the stream: 1, or 3 on a cluster.
@@ -55,6 +66,8 @@ impl Default for ReplicationConfig {
             enabled: false,
             servers: Vec::new(),
             credentials_file: None,
+            tls_ca_file: None,
+            tls_client: None,
             stream: DEFAULT_STREAM.to_owned(),
             stream_replicas: 1,
             stale_after_seconds: DEFAULT_STALE_AFTER_SECONDS,
@@ -100,6 +113,12 @@ struct Section {
     servers: Option<Vec<String>>,
     #[serde(default)]
     credentials_file: Option<PathBuf>,
+    #[serde(default)]
+    tls_ca_file: Option<PathBuf>,
+    #[serde(default)]
+    tls_cert_file: Option<PathBuf>,
+    #[serde(default)]
+    tls_key_file: Option<PathBuf>,
     #[serde(default)]
     stream: Option<String>,
     #[serde(default)]
@@ -164,10 +183,37 @@ impl ReplicationConfig {
                 })
             }
         };
-        Self::parse(&text).map_err(|reason| ConfigError::Invalid {
+        let mut c = Self::parse(&text).map_err(|reason| ConfigError::Invalid {
             path: home.join(sourceos_syncd::CONFIG_FILE),
             reason,
-        })
+        })?;
+        c.resolve_under(home);
+        Ok(c)
+    }
+
+    /// Makes relative file names absolute under `home`: a daemon started
+    /// by a service manager does not run in the home.
+    fn resolve_under(&mut self, home: &Path) {
+        let under = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = home.join(&*p);
+            }
+        };
+        if let Some(p) = &mut self.credentials_file {
+            under(p);
+        }
+        if let Some(p) = &mut self.tls_ca_file {
+            under(p);
+        }
+        if let Some((cert, key)) = &mut self.tls_client {
+            under(cert);
+            under(key);
+        }
+    }
+
+    /// Whether TLS is asked for (by a `tls_*` setting).
+    pub fn tls_required(&self) -> bool {
+        self.tls_ca_file.is_some() || self.tls_client.is_some()
     }
 
     /// Parses configuration text.
@@ -182,6 +228,16 @@ impl ReplicationConfig {
             c.set_servers(servers)?;
         }
         c.credentials_file = s.credentials_file;
+        c.tls_ca_file = s.tls_ca_file;
+        c.tls_client = match (s.tls_cert_file, s.tls_key_file) {
+            (Some(cert), Some(key)) => Some((cert, key)),
+            (None, None) => None,
+            _ => {
+                return Err(
+                    "tls_cert_file and tls_key_file go together: give both or neither".into(),
+                )
+            }
+        };
         if let Some(stream) = s.stream {
             check_stream(&stream)?;
             c.stream = stream;
@@ -254,8 +310,29 @@ mod tests {
             "[replication]\nstale_after_seconds = 0\n",
             "[replication]\ninterval_ms = 10\n",
             "[replication]\nserver = [\"nats://x:1\"]\n",
+            "[replication]\ntls_cert_file = \"c.pem\"\n",
+            "[replication]\ntls_key_file = \"k.pem\"\n",
         ] {
             assert!(ReplicationConfig::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn tls_files_are_read_and_relative_names_are_under_the_home() {
+        let home = tempfile::tempdir().unwrap();
+        std::fs::write(
+            home.path().join(sourceos_syncd::CONFIG_FILE),
+            "[replication]\ncredentials_file = \"syncd.creds\"\ntls_ca_file = \"/etc/ca.pem\"\ntls_cert_file = \"d.pem\"\ntls_key_file = \"d-key.pem\"\n",
+        )
+        .unwrap();
+        let c = ReplicationConfig::load(home.path()).unwrap();
+        assert_eq!(c.credentials_file, Some(home.path().join("syncd.creds")));
+        assert_eq!(c.tls_ca_file, Some(PathBuf::from("/etc/ca.pem")));
+        assert_eq!(
+            c.tls_client,
+            Some((home.path().join("d.pem"), home.path().join("d-key.pem")))
+        );
+        assert!(c.tls_required());
+        assert!(!ReplicationConfig::default().tls_required());
     }
 }

@@ -82,6 +82,15 @@ pub enum ReplicationError {
         #[source]
         source: std::io::Error,
     },
+    /// A TLS certificate or key file cannot be read.
+    #[error("cannot use the TLS file {path}")]
+    TlsFile {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
     /// A JetStream request failed.
     #[error("JetStream {what}: {reason}")]
     JetStream {
@@ -228,6 +237,28 @@ impl Replicator {
                     source,
                 }
             })?;
+        }
+        // The files are opened here first: the client would only say that
+        // TLS failed, not which file it could not use.
+        let readable = |path: &std::path::Path| {
+            std::fs::File::open(path)
+                .map(drop)
+                .map_err(|source| ReplicationError::TlsFile {
+                    path: path.to_path_buf(),
+                    source,
+                })
+        };
+        if let Some(ca) = &config.tls_ca_file {
+            readable(ca)?;
+            options = options.add_root_certificates(ca.clone());
+        }
+        if let Some((cert, key)) = &config.tls_client {
+            readable(cert)?;
+            readable(key)?;
+            options = options.add_client_certificate(cert.clone(), key.clone());
+        }
+        if config.tls_required() {
+            options = options.require_tls(true);
         }
         let mut addrs = Vec::with_capacity(config.servers.len());
         for s in &config.servers {
