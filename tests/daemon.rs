@@ -268,6 +268,67 @@ fn the_local_api_serves_submission_log_explain_and_a_resumable_event_stream() {
     assert!(ids[1] > seq);
 }
 
+/// Each request's `X-Syncd-Surface` is counted and shown in status (the
+/// daemon's `surfaces`, and the human status); one that is not a valid
+/// surface version is refused with 400 before anything is done for it.
+#[test]
+fn calling_surfaces_are_counted_and_a_bad_surface_header_is_refused() {
+    let home = Home::new();
+    let _d = home.start_daemon();
+    home.wait_status("RUNNING", |s| state(s) == "RUNNING");
+    let sock = home.daemon_socket().unwrap();
+    let tt = [("X-Syncd-Surface", "turtleterm/0.4.1")];
+    for _ in 0..3 {
+        let (code, _) = http(&sock, "GET", "/v1/status", &tt, b"").unwrap();
+        assert_eq!(code, 200);
+    }
+    let ws = [("x-syncd-surface", "workspace/2.0")];
+    let (code, _) = http(&sock, "POST", "/v1/events", &ws, event(1).as_bytes()).unwrap();
+    assert_eq!(code, 200);
+
+    let head = home.head();
+    for bad in ["", "turtle\u{7}term", &"x".repeat(300)] {
+        let (code, body) = http(
+            &sock,
+            "POST",
+            "/v1/events",
+            &[("X-Syncd-Surface", bad)],
+            event(2).as_bytes(),
+        )
+        .unwrap();
+        assert_eq!(code, 400, "{bad:?}");
+        let e: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(e["error"], "bad_surface", "{e}");
+        assert!(e["message"].as_str().unwrap().contains("X-Syncd-Surface"));
+    }
+    assert_eq!(home.head(), head, "a refused request appends nothing");
+
+    let (_, body) = http(&sock, "GET", "/v1/status", &[], b"").unwrap();
+    let s: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let surfaces = s["daemon"]["surfaces"].as_array().unwrap();
+    let seen: Vec<(&str, u64)> = surfaces
+        .iter()
+        .map(|x| {
+            (
+                x["surface"].as_str().unwrap(),
+                x["requests"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        vec![("turtleterm/0.4.1", 3), ("workspace/2.0", 1)],
+        "{s:#}"
+    );
+    assert!(surfaces[0]["last_seen_at"].as_str().unwrap().ends_with('Z'));
+    assert_eq!(s["daemon"]["surface_requests_not_listed"], 0);
+    let text = stdout(&home.run(&["status"]));
+    assert!(
+        text.contains("surfaces   turtleterm/0.4.1 (3 requests), workspace/2.0 (1 request)"),
+        "{text}"
+    );
+}
+
 #[test]
 fn delayed_identity_stays_pending_while_local_work_proceeds() {
     let home = Home::new();

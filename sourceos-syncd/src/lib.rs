@@ -154,7 +154,7 @@ pub use session_dag::{
 pub use shutdown::{run_graph, GraphError, StepAction, StepResult, StepSpec, MAX_SHUTDOWN_STEPS};
 pub use status::{
     status, DaemonSection, Health, LogStatus, ProjectionState, ReplicationStatus, SessionStatus,
-    StatusDocument, MAX_SPLIT_BRAIN_LISTED, STATUS_SCHEMA_VERSION,
+    StatusDocument, SurfaceSeen, MAX_SPLIT_BRAIN_LISTED, STATUS_SCHEMA_VERSION,
 };
 pub use storage::{StorageError, StorageOptions, DERIVED_PREFIX, EVENTS_TREE, META_TREE};
 pub use store::{

@@ -183,6 +183,24 @@ pub struct DaemonSection {
     /// [`StatusDocument::with_daemon`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lanes: Option<LaneStatus>,
+    /// The surfaces (`X-Syncd-Surface`) that called it since it started,
+    /// most requests first.
+    #[serde(default)]
+    pub surfaces: Vec<SurfaceSeen>,
+    /// Requests of surfaces beyond those listed (the list is bounded).
+    #[serde(default)]
+    pub surface_requests_not_listed: u64,
+}
+
+/// One calling surface as the daemon saw it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SurfaceSeen {
+    /// Its version text, e.g. `turtleterm/0.4.1`.
+    pub surface: String,
+    /// Its requests since the daemon started.
+    pub requests: u64,
+    /// When it last called (RFC 3339).
+    pub last_seen_at: String,
 }
 
 impl StatusDocument {

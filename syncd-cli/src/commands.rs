@@ -419,6 +419,27 @@ fn status(cli: &Cli, home: &Path, a: &crate::cli::StatusArgs) -> Result<u8, Fail
             if let Some(r) = &d.policy_blocked_reason {
                 out.line(&format!("  org policy failed to load: {r}"))?;
             }
+            if !d.surfaces.is_empty() {
+                let mut seen: Vec<String> = d
+                    .surfaces
+                    .iter()
+                    .map(|s| {
+                        let unit = if s.requests == 1 {
+                            "request"
+                        } else {
+                            "requests"
+                        };
+                        format!("{} ({} {unit})", s.surface, s.requests)
+                    })
+                    .collect();
+                if d.surface_requests_not_listed > 0 {
+                    seen.push(format!(
+                        "others ({} requests)",
+                        d.surface_requests_not_listed
+                    ));
+                }
+                out.line(&format!("  surfaces   {}", seen.join(", ")))?;
+            }
         }
     }
     out.flush()?;

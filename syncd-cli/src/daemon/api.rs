@@ -39,6 +39,8 @@ pub struct Shared {
     pub in_flight: std::sync::Arc<AtomicUsize>,
     /// The ingest lanes every submission goes through.
     pub lanes: std::sync::Arc<super::lanes::Lanes>,
+    /// The surfaces that called, by their `X-Syncd-Surface` header.
+    pub surfaces: super::surfaces::Surfaces,
 }
 
 /// One unit of work in a lane; leaving the lane when dropped.
@@ -86,6 +88,7 @@ impl Shared {
                 );
             }
         }
+        let (surfaces, surface_requests_not_listed) = self.surfaces.view();
         core::DaemonSection {
             run_id: self.coordinator.run_id().to_owned(),
             pid: std::process::id(),
@@ -103,9 +106,15 @@ impl Shared {
             started_subsystems: started,
             blocked_subsystems: blocked,
             lanes: Some(self.lanes.view()),
+            surfaces,
+            surface_requests_not_listed,
         }
     }
 }
+
+/// The request header naming the calling surface (names are lower-cased
+/// when read).
+const SURFACE_HEADER: &str = "x-syncd-surface";
 
 fn error(stream: &Conn, status: u16, code: &str, message: &str) -> std::io::Result<()> {
     http::respond_json(
@@ -131,6 +140,14 @@ pub fn handle(shared: &Shared, stream: &Conn) -> std::io::Result<()> {
         Err(e) => return error(stream, 400, "bad_request", &e.to_string()),
     };
     let path = req.path.clone();
+    // A surface names itself on every request; a name that is not a valid
+    // surface version is refused before anything is done for it.
+    if let Some(raw) = req.header(SURFACE_HEADER) {
+        match core::SurfaceVersion::new(raw) {
+            Ok(surface) => shared.surfaces.note(&surface, shared.store().now()),
+            Err(e) => return error(stream, 400, "bad_surface", &format!("X-Syncd-Surface: {e}")),
+        }
+    }
     // Over TCP, any local user can connect: only reads are served.
     if stream.is_tcp() && req.method != "GET" {
         return error(

@@ -13,6 +13,7 @@ pub mod notify;
 pub mod pane;
 pub mod replication;
 pub mod snapshot;
+pub mod surfaces;
 
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
@@ -177,6 +178,7 @@ fn serve(cli: &Cli, home: &Path, a: &DaemonArgs) -> Result<u8, Failure> {
         draining: AtomicBool::new(false),
         in_flight: Arc::new(AtomicUsize::new(0)),
         lanes,
+        surfaces: surfaces::Surfaces::default(),
     });
     let snapshots = {
         let shared = shared.clone();
