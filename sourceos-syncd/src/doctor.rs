@@ -1144,13 +1144,9 @@ mod tests {
         d
     }
 
-    /// The log scan finds the same damage, in the same order, with the
-    /// same outcome, whether it reads and checks on one thread or two.
-    #[test]
-    fn the_log_scan_finds_the_same_on_one_thread_and_two() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::init(
-            dir.path(),
+    fn init(dir: &std::path::Path) -> Store {
+        Store::init(
+            dir,
             InitOptions {
                 device: Some(DeviceId::new("device:test").unwrap()),
                 profile: ProfileId::new("profile:test").unwrap(),
@@ -1158,7 +1154,15 @@ mod tests {
             },
             OpenOptions::default(),
         )
-        .unwrap();
+        .unwrap()
+    }
+
+    /// The log scan finds the same damage, in the same order, with the
+    /// same outcome, whether it reads and checks on one thread or two.
+    #[test]
+    fn the_log_scan_finds_the_same_on_one_thread_and_two() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = init(dir.path());
         store.append_many((0..700).map(note).collect()).unwrap();
         store.close().unwrap();
         {
@@ -1213,16 +1217,7 @@ mod tests {
     #[test]
     fn an_older_record_format_is_a_warning_that_repair_rebuilds() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::init(
-            dir.path(),
-            InitOptions {
-                device: Some(DeviceId::new("device:test").unwrap()),
-                profile: ProfileId::new("profile:test").unwrap(),
-                created_at: None,
-            },
-            OpenOptions::default(),
-        )
-        .unwrap();
+        let store = init(dir.path());
         store.append_many((0..30).map(note).collect()).unwrap();
         store.close().unwrap();
         let as_found = || {

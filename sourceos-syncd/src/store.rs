@@ -2237,6 +2237,19 @@ mod tests {
         (store, good, bad)
     }
 
+    /// Flips one byte in the middle of the stored event `seq` of a closed
+    /// store, as a disk might.
+    fn flip_event_byte(dir: &Path, seq: u64) {
+        let db = sled::open(db_dir(dir)).unwrap();
+        let events = db.open_tree("events").unwrap();
+        let key = Seq::new(seq).unwrap().to_key();
+        let mut v = events.get(key).unwrap().unwrap().to_vec();
+        let mid = v.len() / 2;
+        v[mid] ^= 0x01;
+        events.insert(key, v).unwrap();
+        db.flush().unwrap();
+    }
+
     #[test]
     fn rebuild_over_a_damaged_event_fails_naming_it_and_keeps_derived_state() {
         let dir = tempfile::tempdir().unwrap();
@@ -2254,17 +2267,8 @@ mod tests {
         store.append_many(specs).unwrap();
         let before = snapshot(&store);
         store.close().unwrap();
-        {
-            // Flip one byte inside event 300, several reader chunks in.
-            let db = sled::open(db_dir(dir.path())).unwrap();
-            let events = db.open_tree("events").unwrap();
-            let key = Seq::new(300).unwrap().to_key();
-            let mut v = events.get(key).unwrap().unwrap().to_vec();
-            let mid = v.len() / 2;
-            v[mid] ^= 0x01;
-            events.insert(key, v).unwrap();
-            db.flush().unwrap();
-        }
+        // Several reader chunks in.
+        flip_event_byte(dir.path(), 300);
         let store = Store::open(dir.path(), opts()).unwrap();
         let e = store.rebuild(&[], &mut |_, _| {}).unwrap_err();
         assert!(e.to_string().contains("300"), "{e}");
@@ -2716,16 +2720,7 @@ mod tests {
                 0,
             );
             store.close().unwrap();
-            {
-                let db = sled::open(db_dir(dir.path())).unwrap();
-                let events = db.open_tree("events").unwrap();
-                let key = Seq::new(20).unwrap().to_key();
-                let mut v = events.get(key).unwrap().unwrap().to_vec();
-                let mid = v.len() / 2;
-                v[mid] ^= 0x01;
-                events.insert(key, v).unwrap();
-                db.flush().unwrap();
-            }
+            flip_event_byte(dir.path(), 20);
             let store = open_as_found(dir.path());
             let rows = snapshot(&store);
             store.close().unwrap();
