@@ -2029,10 +2029,16 @@ mod tests {
         store.flush().unwrap();
         let mut out = BTreeMap::new();
         for name in store.storage().derived_tree_names() {
-            let tree = store.storage().derived(&name).unwrap();
-            out.insert(name, tree.iter().map(|r| r.unwrap()).collect());
+            let rows = rows_of(store, &name);
+            out.insert(name, rows);
         }
         out
+    }
+
+    /// Raw content of one derived tree as it is on disk.
+    fn rows_of(store: &Store, tree: &str) -> Rows {
+        let tree = store.storage().derived(tree).unwrap();
+        tree.iter().map(|r| r.unwrap()).collect()
     }
 
     #[derive(Debug, Clone)]
@@ -2441,13 +2447,7 @@ mod tests {
             .unwrap();
         store.flush().unwrap();
         // The subject index as it was at event 4 (records and checkpoint).
-        let at4: Vec<(Vec<u8>, Vec<u8>)> = store
-            .storage()
-            .derived("p.subjects")
-            .unwrap()
-            .iter()
-            .map(|r| r.unwrap())
-            .collect();
+        let at4 = rows_of(&store, "p.subjects");
         store
             .append_many((0..6).map(|_| draft(&s)).collect())
             .unwrap();
@@ -2765,7 +2765,7 @@ mod tests {
             let store = open_as_found(dir.path());
             let tree = store.storage().derived("p.subjects").unwrap();
             projection::set_checkpoint_version(&tree, 99);
-            tree.iter().map(|r| r.unwrap()).collect::<Rows>()
+            rows_of(&store, "p.subjects")
         };
         let store = Store::open(dir.path(), opts()).unwrap();
         let ProjectionHealth::Damaged { reason } = health_of(&store, "subjects") else {
@@ -2774,14 +2774,7 @@ mod tests {
         assert!(reason.contains("newer"), "{reason}");
         store.close().unwrap();
         let store = open_as_found(dir.path());
-        let after: Rows = store
-            .storage()
-            .derived("p.subjects")
-            .unwrap()
-            .iter()
-            .map(|r| r.unwrap())
-            .collect();
-        assert_eq!(after, before);
+        assert_eq!(rows_of(&store, "p.subjects"), before);
     }
 
     #[test]
