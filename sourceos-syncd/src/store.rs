@@ -182,8 +182,10 @@ pub enum OpenError {
     /// Catching projections up failed.
     #[error("cannot bring derived state up to date: {0}")]
     CatchUp(#[source] ProjectionError),
-    /// Rebuilding projections written in an older record format failed;
-    /// the store is unchanged and `syncd doctor` says why.
+    /// Building projections new to the store or written in an older
+    /// record format could not even start (the store's state lock was
+    /// poisoned). A rebuild that meets damage does not fail the open: it
+    /// leaves those projections damaged, for the doctor to report.
     #[error(
         "cannot rebuild derived state written by an older syncd: {source}; run `syncd doctor`"
     )]
@@ -701,12 +703,13 @@ impl Store {
         Ok(store)
     }
 
-    /// Rebuilds from the log the projections written in an older record
-    /// format (after an upgrade of syncd): they are derived, so nothing is
-    /// lost, and appends that depend on them work again without a manual
-    /// repair. Not done over a damaged head event. A rebuild that fails
-    /// (damage further back in the log) leaves them damaged for the doctor
-    /// to report; the store still opens, so that status can say so.
+    /// Builds from the log the projections written in an older record
+    /// format or new to the store (after an upgrade of syncd): they are
+    /// derived, so nothing is lost, and appends that depend on them work
+    /// again without a manual repair. Not done over a damaged head event.
+    /// A rebuild that fails (damage further back in the log) leaves them
+    /// damaged for the doctor to report; the store still opens, so that
+    /// status can say so. Then records the projections held.
     fn upgrade(&self) -> Result<(), OpenError> {
         let poisoned = |reason| OpenError::Upgrade {
             source: RebuildError::Poisoned(reason),
@@ -724,13 +727,13 @@ impl Store {
                 projections = %outdated.join(", "),
                 events = report.events,
                 elapsed_ms = started.elapsed().as_millis() as u64,
-                "rebuilt projections written in an older record format"
+                "built projections new to this store or written in an older record format"
             ),
             Err(e) => {
                 tracing::error!(
                     projections = %outdated.join(", "),
                     error = %e,
-                    "projections written in an older record format could not be rebuilt; run `syncd doctor`"
+                    "projections new to this store or written in an older record format could not be built; run `syncd doctor`"
                 );
                 lock(&self.inner.state)
                     .map_err(poisoned)?
