@@ -142,8 +142,10 @@ impl Default for LaneLimits {
 }
 
 /// Largest capacity a lane may be given, in events: whatever the settings
-/// say, the events a daemon holds queued stay bounded.
-pub const MAX_LANE_CAPACITY_EVENTS: usize = 262_144;
+/// say, the events a daemon holds queued stay bounded (eight times the
+/// default data lane; at the largest event, as much memory as the HTTP
+/// bodies of all connections at once).
+pub const MAX_LANE_CAPACITY_EVENTS: usize = 65_536;
 /// Longest retry delay a deferred submitter may be told, in milliseconds.
 pub const MAX_RETRY_AFTER_MS: u64 = 60_000;
 
