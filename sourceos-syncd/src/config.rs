@@ -34,10 +34,19 @@ pub enum ConfigFileError {
 }
 
 impl ConfigFileError {
-    /// The file concerned.
-    pub fn path(&self) -> &Path {
+    /// Becomes an owner's own error: `read` for a file that cannot be read,
+    /// `invalid` with the reason for one that is too large. Every owner
+    /// says the same thing the same way.
+    pub fn into_owner<E>(
+        self,
+        read: impl FnOnce(PathBuf, std::io::Error) -> E,
+        invalid: impl FnOnce(PathBuf, String) -> E,
+    ) -> E {
         match self {
-            ConfigFileError::Read { path, .. } | ConfigFileError::TooLarge { path, .. } => path,
+            ConfigFileError::Read { path, source } => read(path, source),
+            ConfigFileError::TooLarge { path, bytes } => {
+                invalid(path, format!("{bytes} bytes; at most {MAX_CONFIG_BYTES}"))
+            }
         }
     }
 }
@@ -102,7 +111,12 @@ mod tests {
         assert!(
             matches!(e, ConfigFileError::TooLarge { bytes, .. } if bytes == MAX_CONFIG_BYTES + 1)
         );
-        assert_eq!(e.path(), dir.path().join(CONFIG_FILE));
+        let (path, reason) = e.into_owner(|p, _| (p, String::new()), |p, r| (p, r));
+        assert_eq!(path, dir.path().join(CONFIG_FILE));
+        assert_eq!(
+            reason,
+            format!("{} bytes; at most {MAX_CONFIG_BYTES}", MAX_CONFIG_BYTES + 1)
+        );
         // A directory where the file should be cannot be read as text.
         std::fs::remove_file(dir.path().join(CONFIG_FILE)).unwrap();
         std::fs::create_dir(dir.path().join(CONFIG_FILE)).unwrap();

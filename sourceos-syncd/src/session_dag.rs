@@ -29,7 +29,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::{read_config_file, ConfigFileError, CONFIG_FILE, MAX_CONFIG_BYTES};
+use crate::config::{read_config_file, CONFIG_FILE};
 use crate::event::{EventDraft, Payload};
 use crate::ids::{ActorId, EventKind, IdempotencyKey, Timestamp};
 use crate::projection::sessions::{
@@ -131,18 +131,14 @@ impl OrphanConfig {
     /// Loads `HOME/config.toml`; a missing file (or section, or key) is
     /// the default.
     pub fn load(home: &Path) -> Result<Self, SessionDagError> {
-        let text = match read_config_file(home, CONFIG_FILE) {
-            Ok(None) => return Ok(Self::default()),
-            Ok(Some(text)) => text,
-            Err(ConfigFileError::Read { path, source }) => {
-                return Err(SessionDagError::ConfigRead { path, source })
-            }
-            Err(ConfigFileError::TooLarge { path, bytes }) => {
-                return Err(SessionDagError::ConfigInvalid {
-                    path,
-                    reason: format!("{bytes} bytes; at most {MAX_CONFIG_BYTES}"),
-                })
-            }
+        let read = read_config_file(home, CONFIG_FILE).map_err(|e| {
+            e.into_owner(
+                |path, source| SessionDagError::ConfigRead { path, source },
+                |path, reason| SessionDagError::ConfigInvalid { path, reason },
+            )
+        })?;
+        let Some(text) = read else {
+            return Ok(Self::default());
         };
         Self::parse(&text).map_err(|reason| SessionDagError::ConfigInvalid {
             path: home.join(CONFIG_FILE),

@@ -167,21 +167,15 @@ impl ReplicationConfig {
     /// Loads the `[replication]` section of `HOME/config.toml`; a missing
     /// file or section is the default (replication off).
     pub fn load(home: &Path) -> Result<Self, ConfigError> {
-        let text = match sourceos_syncd::read_config_file(home, sourceos_syncd::CONFIG_FILE) {
-            Ok(None) => return Ok(Self::default()),
-            Ok(Some(text)) => text,
-            Err(sourceos_syncd::ConfigFileError::Read { path, source }) => {
-                return Err(ConfigError::Read { path, source })
-            }
-            Err(sourceos_syncd::ConfigFileError::TooLarge { path, bytes }) => {
-                return Err(ConfigError::Invalid {
-                    path,
-                    reason: format!(
-                        "the file is {bytes} bytes; at most {}",
-                        sourceos_syncd::MAX_CONFIG_BYTES
-                    ),
-                })
-            }
+        let read =
+            sourceos_syncd::read_config_file(home, sourceos_syncd::CONFIG_FILE).map_err(|e| {
+                e.into_owner(
+                    |path, source| ConfigError::Read { path, source },
+                    |path, reason| ConfigError::Invalid { path, reason },
+                )
+            })?;
+        let Some(text) = read else {
+            return Ok(Self::default());
         };
         let mut c = Self::parse(&text).map_err(|reason| ConfigError::Invalid {
             path: home.join(sourceos_syncd::CONFIG_FILE),
