@@ -736,8 +736,8 @@ impl Engine {
             .map(|s| &s.staging)
     }
 
-    /// Marks the named projections that are still outdated as damaged,
-    /// for `why` (their rebuild failed: now it takes the doctor).
+    /// Marks every projection still outdated or new as damaged, for `why`
+    /// (building it from the log failed: now it takes the doctor).
     pub(crate) fn outdated_to_damaged(&mut self, why: &str) {
         for slot in &mut self.slots {
             let was = match slot.health {
