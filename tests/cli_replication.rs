@@ -908,6 +908,11 @@ fn a_stream_unlike_its_configuration_is_a_clear_error() {
         "{err}"
     );
     assert_eq!(a.head(), head);
+    let text = stdout(&a.run(&["status"]));
+    assert!(
+        text.contains("failed: stream SYNCD: [replication] stream_replicas asks for 3"),
+        "{text}"
+    );
     // So does every later pass: the single server cannot hold three.
     let out = a.run(&["sync"]);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));

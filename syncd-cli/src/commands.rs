@@ -420,25 +420,7 @@ fn status(cli: &Cli, home: &Path, a: &crate::cli::StatusArgs) -> Result<u8, Fail
                 out.line(&format!("  org policy failed to load: {r}"))?;
             }
             if !d.surfaces.is_empty() {
-                let mut seen: Vec<String> = d
-                    .surfaces
-                    .iter()
-                    .map(|s| {
-                        let unit = if s.requests == 1 {
-                            "request"
-                        } else {
-                            "requests"
-                        };
-                        format!("{} ({} {unit})", s.surface, s.requests)
-                    })
-                    .collect();
-                if d.surface_requests_not_listed > 0 {
-                    seen.push(format!(
-                        "others ({} requests)",
-                        d.surface_requests_not_listed
-                    ));
-                }
-                out.line(&format!("  surfaces   {}", seen.join(", ")))?;
+                out.line(&format!("  surfaces   {}", surfaces_line(d)))?;
             }
         }
     }
@@ -463,10 +445,40 @@ fn replication_line(r: &core::ReplicationStatus) -> String {
     } else {
         String::new()
     };
+    // A pass can reach a server and still fail (a stream unlike its
+    // configuration, an interrupted publication).
+    let failed = r
+        .last_error
+        .as_deref()
+        .map(|e| format!(" failed: {e}"))
+        .unwrap_or_default();
     format!(
-        "{} peer(s), lag at most {} event(s){stale}; last pass {when}",
+        "{} peer(s), lag at most {} event(s){stale}; last pass {when}{failed}",
         r.peers, r.max_lag
     )
+}
+
+/// The daemon's calling surfaces in one line, most requests first.
+fn surfaces_line(d: &core::DaemonSection) -> String {
+    let mut seen: Vec<String> = d
+        .surfaces
+        .iter()
+        .map(|s| {
+            let unit = if s.requests == 1 {
+                "request"
+            } else {
+                "requests"
+            };
+            format!("{} ({} {unit})", s.surface, s.requests)
+        })
+        .collect();
+    if d.surface_requests_not_listed > 0 {
+        seen.push(format!(
+            "others ({} requests)",
+            d.surface_requests_not_listed
+        ));
+    }
+    seen.join(", ")
 }
 
 fn doctor(cli: &Cli, home: &Path, a: &crate::cli::DoctorArgs) -> Result<u8, Failure> {
