@@ -938,6 +938,123 @@ fn a_stream_unlike_its_configuration_is_a_clear_error() {
     assert_eq!(a.head(), head);
 }
 
+/// How many messages of `device`'s subject the stream `SYNCD` holds.
+fn messages_of(nats: &Nats, device: &str) -> u64 {
+    let (rt, js) = jetstream(nats);
+    rt.block_on(async {
+        use futures_util::StreamExt;
+        let subject = format!("syncd.ev.profile:family.device:{device}");
+        let stream = js.get_stream("SYNCD").await.unwrap();
+        let mut subjects = stream.info_with_subjects(&subject).await.unwrap();
+        let mut count = 0;
+        while let Some(item) = subjects.next().await {
+            let (name, n) = item.unwrap();
+            if name == subject {
+                count = n as u64;
+            }
+        }
+        count
+    })
+}
+
+/// Sets the `SYNCD` stream's largest message.
+fn set_max_message_size(nats: &Nats, max: i32) {
+    let (rt, js) = jetstream(nats);
+    rt.block_on(async {
+        let mut s = js.get_stream("SYNCD").await.unwrap();
+        let mut config = s.info().await.unwrap().config.clone();
+        config.max_message_size = max;
+        js.update_stream(&config).await.unwrap();
+    });
+}
+
+/// A note too large for a stream limited to 700-byte messages.
+fn big_note(tag: &str) -> String {
+    json!({"kind": "note.added", "actor": format!("actor:{tag}"),
+        "payload": {"text": "x".repeat(1_000)}})
+    .to_string()
+}
+
+/// A long pass publishes without replies and confirms each group by the
+/// stream's count: a publication the stream refuses in the middle of a
+/// group (here a stream created beforehand with a message size limit) is
+/// found, published again awaiting its answer, and named in the error; the
+/// positions before it are confirmed. Once the stream takes it, the next
+/// pass publishes what is missing, and what the stream already held is
+/// not stored twice. A short pass awaits each answer and names a refusal
+/// the same way.
+#[test]
+fn a_publication_the_stream_drops_is_found_and_sent_again() {
+    let nats = Nats::start();
+    let (rt, js) = jetstream(&nats);
+    rt.block_on(js.create_stream(async_nats::jetstream::stream::Config {
+        name: "SYNCD".into(),
+        subjects: vec!["syncd.ev.>".into()],
+        max_message_size: 700,
+        ..Default::default()
+    }))
+    .unwrap();
+    drop((rt, js));
+    let a = device("a");
+    let mut lines = notes("a", 100);
+    lines.push(big_note("a"));
+    lines.extend(notes("b", 100));
+    ingest_ok(&a, &lines);
+    assert_eq!(a.head(), 201);
+
+    let (code, _) = sync(&a, &nats);
+    assert_eq!(code, Some(65));
+    let peers = json_of(&a, &["peers", "--json"]);
+    let err = peers["last_error"].as_str().unwrap();
+    assert!(
+        err.contains("publishing stopped after event 100") && err.contains("maximum"),
+        "{err}"
+    );
+    // Every position but 101 arrived.
+    assert_eq!(messages_of(&nats, "a"), 200);
+
+    set_max_message_size(&nats, 8_192);
+    let report = sync_ok(&a, &nats);
+    assert_eq!(report["published"]["from_seq"], 101, "{report:#}");
+    assert_eq!(report["published"]["confirmed_seq"], 201, "{report:#}");
+    assert_eq!(report["published"]["already_in_stream"], 100, "{report:#}");
+    assert_eq!(messages_of(&nats, "a"), 201);
+
+    // Position 101 is now the stream's last message of this device, so a
+    // pass resumes after it (it cannot tell this from a server that lost
+    // its tail): the rest is sent again and dropped as duplicates, until
+    // a later position is stored.
+    let report = sync_ok(&a, &nats);
+    assert_eq!(report["published"]["from_seq"], 102, "{report:#}");
+    assert_eq!(report["published"]["already_in_stream"], 100, "{report:#}");
+    assert_eq!(messages_of(&nats, "a"), 201);
+    ingest_ok(&a, &notes("c", 1));
+    let report = sync_ok(&a, &nats);
+    assert_eq!(report["published"]["confirmed_seq"], 202, "{report:#}");
+    assert_eq!(messages_of(&nats, "a"), 202);
+    let report = sync_ok(&a, &nats);
+    assert_eq!(report["published"]["from_seq"], 0, "{report:#}");
+    assert_eq!(messages_of(&nats, "a"), 202);
+
+    let b = device("b");
+    sync_ok(&b, &nats);
+    assert_eq!(projections(&b)["by_kind"], projections(&a)["by_kind"]);
+    assert_eq!(b.head(), 202);
+
+    // A short pass: one position, refused by its answer.
+    set_max_message_size(&nats, 700);
+    ingest_ok(&a, &[big_note("d")]);
+    let (code, _) = sync(&a, &nats);
+    assert_eq!(code, Some(65));
+    let peers = json_of(&a, &["peers", "--json"]);
+    let err = peers["last_error"].as_str().unwrap();
+    assert!(
+        err.contains("publishing stopped after event 202") && err.contains("maximum"),
+        "{err}"
+    );
+    assert_eq!(messages_of(&nats, "a"), 202);
+}
+
 /// Runs `openssl` in `dir`, failing the test with its output if it fails.
 fn openssl(dir: &Path, args: &[&str]) {
     let out = Command::new("openssl")

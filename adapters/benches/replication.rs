@@ -2,7 +2,9 @@
 //! JetStream measured in the same run on the same kind of server (each
 //! comparison starts on a fresh one): publishing the same bytes (same
 //! subject shape, same number in flight) and consuming them through a
-//! durable pull consumer with acknowledgements. Ours is one
+//! durable pull consumer with acknowledgements. Ours publishes a long
+//! pass without replies and confirms it by groups, so bare publishing
+//! done that way is measured too, as a reference. Ours is one
 //! device publishing its whole log and another receiving all of it, each
 //! event verified and made durable in the receiver's log.
 //!
@@ -346,6 +348,54 @@ fn bare_pipeline(server: &Server, payloads: &[Vec<u8>], dir: &Path) -> Phase {
     phase
 }
 
+/// Bare publishing without replies, as ours publishes a long pass: the
+/// same bytes, each with a message id, then the last one again awaiting
+/// its answer (after which the server has handled every earlier one) and
+/// one stream request for the count, which must be all of them.
+fn bare_unanswered(server: &Server, payloads: &[Vec<u8>]) -> Phase {
+    let n = payloads.len();
+    let rt = runtime();
+    let _entered = rt.enter();
+    let client = rt
+        .block_on(async_nats::connect(format!(
+            "nats://127.0.0.1:{}",
+            server.port
+        )))
+        .unwrap();
+    let js = jetstream::new(client.clone());
+    let s = file_stream(&rt, &js, "QUIET", "quiet.>");
+    let subject = async_nats::Subject::from("quiet.dev");
+    let headers = |i: usize| {
+        let mut h = async_nats::HeaderMap::new();
+        h.insert("Nats-Msg-Id", format!("quiet.dev-{i}").as_str());
+        h
+    };
+    let (phase, ()) = measure(n, server, || {
+        rt.block_on(async {
+            for (i, p) in payloads.iter().enumerate() {
+                client
+                    .publish_with_headers(subject.clone(), headers(i), p.clone().into())
+                    .await
+                    .unwrap();
+            }
+            let last = n - 1;
+            js.publish_with_headers(
+                subject.clone(),
+                headers(last),
+                payloads[last].clone().into(),
+            )
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+            let mut subjects = s.info_with_subjects("quiet.dev").await.unwrap();
+            let (_, count) = subjects.next().await.unwrap().unwrap();
+            assert_eq!(count, n, "every publication must be stored");
+        })
+    });
+    phase
+}
+
 /// Bare JetStream on the same server: publish the same bytes with
 /// acknowledgements (same number in flight), then consume them.
 fn bare(server: &Server, payloads: &[Vec<u8>]) -> (Phase, Phase) {
@@ -417,6 +467,9 @@ fn main() {
     let server = start_server();
     let pipeline = bare_pipeline(&server, &payloads, dirs[3].path());
     drop(server);
+    let server = start_server();
+    let unanswered = bare_unanswered(&server, &payloads);
+    drop(server);
     drop(payloads);
 
     // Catch-up end to end: A publishes its whole log while B, on its own
@@ -465,6 +518,11 @@ fn main() {
     println!("|---|---|---|---|---|---|---|");
     row("publish alone", &bare_pub, &ours_pub);
     row(
+        "publish alone vs bare publishing without replies, confirmed by one answer and the stream's count (how ours publishes a long pass; reference)",
+        &unanswered,
+        &ours_pub,
+    );
+    row(
         "consume alone (ours: verify and append durably)",
         &bare_sub,
         &ours_sub,
@@ -488,5 +546,10 @@ fn main() {
         e2e_rate / bare_pub_rate,
         bare_pub.cpu_us_per_event,
         e2e.cpu_us_per_event
+    );
+    row(
+        "catch-up end to end vs bare publishing without replies (reference)",
+        &unanswered,
+        &e2e,
     );
 }

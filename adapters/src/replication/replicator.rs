@@ -4,6 +4,9 @@
 //! Publishing resumes after the last position of this device confirmed
 //! present in the stream (read back from the stream, and checked against
 //! the local log, so a server that lost its unsynced tail gets it again).
+//! A long pass publishes without replies and confirms each group of
+//! positions by the stream's count of this device's messages; a group the
+//! count does not confirm is published again, awaiting every answer.
 //! Receiving uses one durable pull consumer per peer; a message is
 //! acknowledged only after what it carries is durable in the local log, in
 //! delivery order (acknowledging one acknowledges those before it), so after a restart of either side the consumer's ack
@@ -30,6 +33,16 @@ pub const MAX_PENDING: usize = 1_024;
 pub const PUBLISH_CHUNK_EVENTS: usize = 256;
 /// Publications awaiting their acknowledgement at most.
 pub const MAX_IN_FLIGHT: usize = 256;
+/// Positions published without replies between two confirmations at
+/// most (see `Replicator::publish`). Fewer, larger groups cost the server
+/// less: groups of 1,024 took it about 40% more CPU than groups of 4,096
+/// in the replication bench, and 16,384 gained nothing more.
+pub const CONFIRM_GROUP_EVENTS: usize = 4_096;
+/// Bytes of event bodies a group keeps for a republication at most.
+pub const CONFIRM_GROUP_BYTES: usize = 4 << 20;
+/// Publishing goes by groups when a pass has more positions to publish
+/// than this; fewer are each published awaiting their answer.
+pub const GROUPED_FROM_EVENTS: u64 = 64;
 /// Messages fetched from a consumer per request. One request is
 /// outstanding at a time (two would share the messages between their
 /// inboxes out of order), so with a full pending batch and one
@@ -162,7 +175,8 @@ pub struct PublishReport {
     pub events: u64,
     /// Positions sent as stubs, by reason.
     pub withheld: BTreeMap<String, u64>,
-    /// Publications the stream already held (its duplicate window).
+    /// Positions the stream already held when they were published (a
+    /// pass resuming before what an interrupted one stored).
     pub already_in_stream: u64,
 }
 
@@ -210,6 +224,22 @@ pub struct Replicator {
     stream: stream::Stream,
     profile: String,
     device: String,
+}
+
+/// A position published and not yet confirmed: kept until its group is,
+/// to publish it again if the stream does not hold it.
+struct Outgoing {
+    position: Position,
+    body: bytes::Bytes,
+}
+
+/// The headers of the message carrying `p`.
+fn headers_of(p: &Position) -> async_nats::HeaderMap {
+    let mut headers = async_nats::HeaderMap::new();
+    for (name, value) in wire::headers(p) {
+        headers.insert(name, value.as_str());
+    }
+    headers
 }
 
 /// The last applied position of a peer: what the next one must link to.
@@ -390,6 +420,13 @@ impl Replicator {
     /// acknowledged in order: a pass interrupted with publications in
     /// flight can leave later positions stored and earlier ones lost, so
     /// publishing resumes after it when it is behind what the stream holds.
+    ///
+    /// Up to `GROUPED_FROM_EVENTS` positions are each published awaiting
+    /// their acknowledgement. More go out without replies, in groups of at
+    /// most `CONFIRM_GROUP_EVENTS` positions and `CONFIRM_GROUP_BYTES`,
+    /// each confirmed as `confirm_group` says: one reply and
+    /// one stream request per group instead of one reply per position,
+    /// which halves what publishing costs this process and the server.
     pub async fn publish(
         &self,
         confirmed_through: Option<u64>,
@@ -439,10 +476,22 @@ impl Replicator {
             return Ok(());
         }
         report.from_seq = resume;
-        let subject = wire::subject(&self.profile, &self.device);
+        let subject = async_nats::Subject::from(wire::subject(&self.profile, &self.device));
+        let client = self.context.client();
+        // A few positions are published each awaiting its answer: that is
+        // fewer requests than confirming a group by the stream's count.
+        let grouped = head - resume >= GROUPED_FROM_EVENTS;
+        let mut held = if grouped {
+            self.messages_of(&subject).await?
+        } else {
+            0
+        };
         let mut cache = ReleaseCache::default();
+        let mut group: Vec<Outgoing> =
+            Vec::with_capacity(if grouped { CONFIRM_GROUP_EVENTS } else { 0 });
+        let mut group_bytes = 0usize;
         let mut in_flight: VecDeque<(u64, jetstream::context::PublishAckFuture)> =
-            VecDeque::with_capacity(MAX_IN_FLIGHT);
+            VecDeque::with_capacity(if grouped { 0 } else { MAX_IN_FLIGHT });
         let mut next = resume;
         while next <= head {
             let chunk = self
@@ -467,48 +516,164 @@ impl Replicator {
                 let body = match withheld {
                     None => {
                         report.events += 1;
-                        stored
+                        bytes::Bytes::from(stored)
                     }
                     Some(w) => {
                         *report.withheld.entry(w.as_str().to_owned()).or_default() += 1;
-                        Vec::new()
+                        bytes::Bytes::new()
                     }
                 };
-                let mut headers = async_nats::HeaderMap::new();
-                for (name, value) in wire::headers(&position) {
-                    headers.insert(name, value.as_str());
-                }
-                if in_flight.len() >= MAX_IN_FLIGHT {
-                    if let Some((seq, ack)) = in_flight.pop_front() {
-                        Self::confirm(seq, ack, report).await?;
+                next = position.seq + 1;
+                if !grouped {
+                    if in_flight.len() >= MAX_IN_FLIGHT {
+                        if let Some((seq, ack)) = in_flight.pop_front() {
+                            Self::confirm(seq, ack, Some(report)).await?;
+                        }
                     }
+                    let ack = self
+                        .context
+                        .publish_with_headers(subject.clone(), headers_of(&position), body)
+                        .await
+                        .map_err(js("publish"))?;
+                    in_flight.push_back((position.seq, ack));
+                    continue;
                 }
-                let ack = self
-                    .context
-                    .publish_with_headers(subject.clone(), headers, body.into())
+                // Sent at once, without a reply: the group's confirmation
+                // below proves it arrived, or publishes it again.
+                client
+                    .publish_with_headers(subject.clone(), headers_of(&position), body.clone())
                     .await
                     .map_err(js("publish"))?;
-                in_flight.push_back((position.seq, ack));
-                next = position.seq + 1;
+                group_bytes += body.len();
+                group.push(Outgoing { position, body });
+                if group.len() >= CONFIRM_GROUP_EVENTS || group_bytes >= CONFIRM_GROUP_BYTES {
+                    group_bytes = 0;
+                    held = self.confirm_group(&subject, &group, held, report).await?;
+                    group.clear();
+                }
             }
         }
         while let Some((seq, ack)) = in_flight.pop_front() {
-            Self::confirm(seq, ack, report).await?;
+            Self::confirm(seq, ack, Some(report)).await?;
+        }
+        if !group.is_empty() {
+            self.confirm_group(&subject, &group, held, report).await?;
         }
         Ok(())
     }
 
+    /// How many messages of `subject` the stream holds.
+    async fn messages_of(&self, subject: &async_nats::Subject) -> Result<u64, ReplicationError> {
+        let mut subjects = self
+            .stream
+            .info_with_subjects(subject.as_str())
+            .await
+            .map_err(js("stream subject count"))?;
+        let mut count = 0;
+        while let Some(item) = subjects.next().await {
+            let (name, n) = item.map_err(js("stream subject count"))?;
+            if name == subject.as_str() {
+                count = u64::try_from(n).unwrap_or(u64::MAX);
+            }
+        }
+        Ok(count)
+    }
+
+    /// Confirms a group of publications sent without replies, given that
+    /// the stream held `held` messages of this device before it. The
+    /// group's last message is published again with a reply: the server
+    /// handles one connection's publications to a stream in order, so its
+    /// answer comes after every earlier one of the group was stored or
+    /// dropped, and its message id makes it a duplicate when the first
+    /// copy arrived. When the stream then holds exactly one more message
+    /// per position, every one arrived. Otherwise (a publication refused
+    /// or lost, or positions the stream already held) the whole group is
+    /// published again, each awaiting its acknowledgement: the stream's
+    /// duplicate window makes what arrived a duplicate, and a refusal is
+    /// reported as the error it is. Returns the count to expect next.
+    async fn confirm_group(
+        &self,
+        subject: &async_nats::Subject,
+        group: &[Outgoing],
+        held: u64,
+        report: &mut PublishReport,
+    ) -> Result<u64, ReplicationError> {
+        let Some(last) = group.last() else {
+            return Ok(held);
+        };
+        let barrier = self
+            .context
+            .publish_with_headers(
+                subject.clone(),
+                headers_of(&last.position),
+                last.body.clone(),
+            )
+            .await
+            .map_err(js("publish"))?;
+        barrier.await.map_err(js("publish acknowledgement"))?;
+        let now = self.messages_of(subject).await?;
+        let expected = held.saturating_add(u64::try_from(group.len()).unwrap_or(u64::MAX));
+        if now == expected {
+            report.confirmed_seq = last.position.seq;
+            return Ok(now);
+        }
+        tracing::debug!(
+            from = group.first().map_or(0, |o| o.position.seq),
+            through = last.position.seq,
+            held,
+            now,
+            expected,
+            "a publication group was not confirmed whole; publishing it again acknowledged"
+        );
+        let mut in_flight: VecDeque<(u64, jetstream::context::PublishAckFuture)> =
+            VecDeque::with_capacity(MAX_IN_FLIGHT);
+        for o in group {
+            if in_flight.len() >= MAX_IN_FLIGHT {
+                if let Some((seq, ack)) = in_flight.pop_front() {
+                    report.confirmed_seq = Self::confirm(seq, ack, None).await?;
+                }
+            }
+            let ack = self
+                .context
+                .publish_with_headers(subject.clone(), headers_of(&o.position), o.body.clone())
+                .await
+                .map_err(js("publish"))?;
+            in_flight.push_back((o.position.seq, ack));
+        }
+        while let Some((seq, ack)) = in_flight.pop_front() {
+            report.confirmed_seq = Self::confirm(seq, ack, None).await?;
+        }
+        // Every position is now in the stream: those that added no message
+        // to it since the group began were there before it (the stream's
+        // own duplicate answers would also count those that the first
+        // sending stored).
+        let now = self.messages_of(subject).await?;
+        let added = now.saturating_sub(held);
+        report.already_in_stream = report.already_in_stream.saturating_add(
+            u64::try_from(group.len())
+                .unwrap_or(u64::MAX)
+                .saturating_sub(added),
+        );
+        Ok(now)
+    }
+
+    /// Awaits the acknowledgement of the publication of position `seq`,
+    /// published once in this pass when a `report` is given: it then
+    /// records the confirmation, and a duplicate as a position the stream
+    /// already held. Returns `seq`.
     async fn confirm(
         seq: u64,
         ack: jetstream::context::PublishAckFuture,
-        report: &mut PublishReport,
-    ) -> Result<(), ReplicationError> {
-        let a = ack.await.map_err(js("publish acknowledgement"))?;
-        if a.duplicate {
-            report.already_in_stream += 1;
+        report: Option<&mut PublishReport>,
+    ) -> Result<u64, ReplicationError> {
+        let answer = ack.await.map_err(js("publish acknowledgement"))?;
+        if let Some(report) = report {
+            if answer.duplicate {
+                report.already_in_stream += 1;
+            }
+            report.confirmed_seq = seq;
         }
-        report.confirmed_seq = seq;
-        Ok(())
+        Ok(seq)
     }
 
     /// The other devices of this profile that have published.
