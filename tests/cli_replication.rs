@@ -968,6 +968,19 @@ fn set_max_message_size(nats: &Nats, max: i32) {
     });
 }
 
+/// A pass fails (exit 65) because the stream refuses a message too large
+/// for it, after confirming positions through `seq`.
+fn refused_after(home: &Home, nats: &Nats, seq: u64) {
+    let (code, _) = sync(home, nats);
+    assert_eq!(code, Some(65));
+    let peers = json_of(home, &["peers", "--json"]);
+    let err = peers["last_error"].as_str().unwrap();
+    assert!(
+        err.contains(&format!("publishing stopped after event {seq}")) && err.contains("maximum"),
+        "{err}"
+    );
+}
+
 /// A note too large for a stream limited to 700-byte messages.
 fn big_note(tag: &str) -> String {
     json!({"kind": "note.added", "actor": format!("actor:{tag}"),
@@ -1002,14 +1015,7 @@ fn a_publication_the_stream_drops_is_found_and_sent_again() {
     ingest_ok(&a, &lines);
     assert_eq!(a.head(), 201);
 
-    let (code, _) = sync(&a, &nats);
-    assert_eq!(code, Some(65));
-    let peers = json_of(&a, &["peers", "--json"]);
-    let err = peers["last_error"].as_str().unwrap();
-    assert!(
-        err.contains("publishing stopped after event 100") && err.contains("maximum"),
-        "{err}"
-    );
+    refused_after(&a, &nats, 100);
     // Every position but 101 arrived.
     assert_eq!(messages_of(&nats, "a"), 200);
 
@@ -1044,14 +1050,7 @@ fn a_publication_the_stream_drops_is_found_and_sent_again() {
     // A short pass: one position, refused by its answer.
     set_max_message_size(&nats, 700);
     ingest_ok(&a, &[big_note("d")]);
-    let (code, _) = sync(&a, &nats);
-    assert_eq!(code, Some(65));
-    let peers = json_of(&a, &["peers", "--json"]);
-    let err = peers["last_error"].as_str().unwrap();
-    assert!(
-        err.contains("publishing stopped after event 202") && err.contains("maximum"),
-        "{err}"
-    );
+    refused_after(&a, &nats, 202);
     assert_eq!(messages_of(&nats, "a"), 202);
 }
 

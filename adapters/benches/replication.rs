@@ -348,6 +348,15 @@ fn bare_pipeline(server: &Server, payloads: &[Vec<u8>], dir: &Path) -> Phase {
     phase
 }
 
+/// A client of `server`.
+fn connect(rt: &tokio::runtime::Runtime, server: &Server) -> async_nats::Client {
+    rt.block_on(async_nats::connect(format!(
+        "nats://127.0.0.1:{}",
+        server.port
+    )))
+    .unwrap()
+}
+
 /// Bare publishing without replies, as ours publishes a long pass: the
 /// same bytes, each with a message id, then the last one again awaiting
 /// its answer (after which the server has handled every earlier one) and
@@ -356,12 +365,7 @@ fn bare_unanswered(server: &Server, payloads: &[Vec<u8>]) -> Phase {
     let n = payloads.len();
     let rt = runtime();
     let _entered = rt.enter();
-    let client = rt
-        .block_on(async_nats::connect(format!(
-            "nats://127.0.0.1:{}",
-            server.port
-        )))
-        .unwrap();
+    let client = connect(&rt, server);
     let js = jetstream::new(client.clone());
     let s = file_stream(&rt, &js, "QUIET", "quiet.>");
     let subject = async_nats::Subject::from("quiet.dev");
@@ -402,12 +406,7 @@ fn bare(server: &Server, payloads: &[Vec<u8>]) -> (Phase, Phase) {
     let n = payloads.len();
     let rt = runtime();
     let _entered = rt.enter();
-    let client = rt
-        .block_on(async_nats::connect(format!(
-            "nats://127.0.0.1:{}",
-            server.port
-        )))
-        .unwrap();
+    let client = connect(&rt, server);
     let js = jetstream::new(client);
     let s = file_stream(&rt, &js, "BARE", "bare.>");
     let (publish, ()) = measure(n, server, || {
