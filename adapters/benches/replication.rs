@@ -36,7 +36,7 @@ use sourceos_syncd::{
     ProfileId, Seq, Store,
 };
 use sourceos_syncd_adapters::replication::{
-    ReplicationConfig, Replicator, FETCH_BATCH, MAX_IN_FLIGHT,
+    ReplicationConfig, Replicator, CONFIRM_GROUP_EVENTS, FETCH_BATCH, MAX_IN_FLIGHT,
 };
 
 const BATCH_EVENTS: usize = 1_000;
@@ -509,7 +509,7 @@ fn main() {
     };
     println!("# replication catch-up (cargo bench -p sourceos-syncd-adapters --bench replication)");
     println!(
-        "# {n} events, {} B/event on average, one local nats-server, {MAX_IN_FLIGHT} publications in flight",
+        "# {n} events, {} B/event on average, one local nats-server; bare publishing: {MAX_IN_FLIGHT} publications in flight; ours: groups of {CONFIRM_GROUP_EVENTS} without replies, each confirmed",
         bytes / n.max(1)
     );
     println!("# CPU: this process and the server, user + system, per event");
