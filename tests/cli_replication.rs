@@ -994,8 +994,9 @@ fn big_note(tag: &str) -> String {
 /// found, published again awaiting its answer, and named in the error; the
 /// positions before it are confirmed. Once the stream takes it, the next
 /// pass publishes what is missing, and what the stream already held is
-/// not stored twice. A short pass awaits each answer and names a refusal
-/// the same way.
+/// not stored twice, nor sent again by later passes although the stream's
+/// last message is now an earlier position. A short pass awaits each
+/// answer and names a refusal the same way.
 #[test]
 fn a_publication_the_stream_drops_is_found_and_sent_again() {
     let nats = Nats::start();
@@ -1026,20 +1027,35 @@ fn a_publication_the_stream_drops_is_found_and_sent_again() {
     assert_eq!(report["published"]["already_in_stream"], 100, "{report:#}");
     assert_eq!(messages_of(&nats, "a"), 201);
 
-    // Position 101 is now the stream's last message of this device, so a
-    // pass resumes after it (it cannot tell this from a server that lost
-    // its tail): the rest is sent again and dropped as duplicates, until
-    // a later position is stored.
+    // Position 101 is now the stream's last message of this device, but
+    // the very one seen when 201 was confirmed: nothing is sent again.
+    let report = sync_ok(&a, &nats);
+    assert_eq!(report["published"]["from_seq"], 0, "{report:#}");
+    assert_eq!(report["published"]["confirmed_seq"], 201, "{report:#}");
+    assert_eq!(messages_of(&nats, "a"), 201);
+
+    // Without that record (a peers file written before it existed), a pass
+    // cannot tell the stream's order from a server that lost its tail: it
+    // resumes after the stream's last message, and the stream drops what
+    // it holds. The pass records it, and the next one sends nothing.
+    let peers_file = a.path().join("replication/peers.json");
+    let mut file: Value = serde_json::from_slice(&std::fs::read(&peers_file).unwrap()).unwrap();
+    assert!(file["published_last_message"].is_u64(), "{file:#}");
+    file.as_object_mut()
+        .unwrap()
+        .remove("published_last_message");
+    std::fs::write(&peers_file, file.to_string()).unwrap();
     let report = sync_ok(&a, &nats);
     assert_eq!(report["published"]["from_seq"], 102, "{report:#}");
     assert_eq!(report["published"]["already_in_stream"], 100, "{report:#}");
-    assert_eq!(messages_of(&nats, "a"), 201);
-    ingest_ok(&a, &notes("c", 1));
-    let report = sync_ok(&a, &nats);
-    assert_eq!(report["published"]["confirmed_seq"], 202, "{report:#}");
-    assert_eq!(messages_of(&nats, "a"), 202);
     let report = sync_ok(&a, &nats);
     assert_eq!(report["published"]["from_seq"], 0, "{report:#}");
+    assert_eq!(messages_of(&nats, "a"), 201);
+
+    ingest_ok(&a, &notes("c", 1));
+    let report = sync_ok(&a, &nats);
+    assert_eq!(report["published"]["from_seq"], 202, "{report:#}");
+    assert_eq!(report["published"]["already_in_stream"], 0, "{report:#}");
     assert_eq!(messages_of(&nats, "a"), 202);
 
     let b = device("b");

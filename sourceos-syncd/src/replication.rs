@@ -292,6 +292,11 @@ pub struct PeersFile {
     /// the stream: the next pass publishes at least from after it.
     #[serde(default)]
     pub published_through: Option<u64>,
+    /// The stream sequence of this device's last message in the stream
+    /// when a pass that ended whole recorded `published_through`: while
+    /// the stream's last message is still that one, it lost nothing since.
+    #[serde(default)]
+    pub published_last_message: Option<u64>,
     /// The peers, by device.
     pub peers: Vec<PeerState>,
 }

@@ -7,7 +7,7 @@ use std::path::Path;
 use serde::Serialize;
 use sourceos_syncd as core;
 use sourceos_syncd_adapters::replication::{
-    PeerReport, PublishReport, ReplicationConfig, ReplicationError, Replicator,
+    Confirmed, PeerReport, PublishReport, ReplicationConfig, ReplicationError, Replicator,
 };
 
 use crate::cli::{Cli, SyncArgs};
@@ -56,16 +56,13 @@ pub fn sync(cli: &Cli, home: &Path, a: &SyncArgs) -> Result<u8, Failure> {
         .enable_all()
         .build()
         .map_err(|e| Failure::store(&e))?;
-    // Where an earlier, interrupted pass got to (holes after it are
-    // published again). An unreadable file only loses that hint.
-    let confirmed_through = core::PeersFile::load(home)
-        .ok()
-        .flatten()
-        .and_then(|f| f.published_through);
+    // Where earlier passes got to (holes after it are published again).
+    // An unreadable file only loses that hint.
+    let confirmed = confirmed_by_earlier_passes(home);
     let store = crate::commands::open(cli, home, true)?;
     let result = runtime.block_on(async {
         let r = Replicator::connect(store.clone(), &config).await?;
-        let published = r.publish(confirmed_through).await?;
+        let published = r.publish(confirmed).await?;
         let peers = if a.publish_only {
             Vec::new()
         } else {
@@ -90,6 +87,35 @@ pub fn sync(cli: &Cli, home: &Path, a: &SyncArgs) -> Result<u8, Failure> {
         .iter()
         .any(|p| !p.refused.is_empty() || p.missing.is_some());
     Ok(if troubled { exit::DATA } else { exit::OK })
+}
+
+/// What earlier passes confirmed of this device's log in the stream, as
+/// `HOME/replication/peers.json` records it (nothing when it cannot be
+/// read: the next pass then trusts only what the stream holds).
+pub(crate) fn confirmed_by_earlier_passes(home: &Path) -> Option<Confirmed> {
+    let file = core::PeersFile::load(home).ok().flatten()?;
+    Some(Confirmed {
+        through: file.published_through?,
+        last_message: file.published_last_message,
+    })
+}
+
+/// What a pass's result says earlier passes confirmed, for the next one;
+/// `None` when it says nothing new (it failed before publishing).
+pub(crate) fn confirmed_after(
+    result: &Result<(PublishReport, Vec<PeerReport>), ReplicationError>,
+) -> Option<Confirmed> {
+    match result {
+        Ok((published, _)) => Some(Confirmed {
+            through: published.confirmed_seq,
+            last_message: published.last_message,
+        }),
+        Err(ReplicationError::PublishInterrupted { confirmed_seq, .. }) => Some(Confirmed {
+            through: *confirmed_seq,
+            last_message: None,
+        }),
+        Err(_) => None,
+    }
 }
 
 /// Updates `HOME/replication/peers.json` with what this pass observed, so
@@ -117,14 +143,16 @@ pub(crate) fn record_observations(
         Err(e) => {
             file.last_attempt_reached_server = true;
             file.last_error = Some(crate::chain(e));
-            if let ReplicationError::PublishInterrupted { confirmed_seq, .. } = e {
-                file.published_through = Some(*confirmed_seq);
+            if let Some(c) = confirmed_after(result) {
+                file.published_through = Some(c.through);
+                file.published_last_message = c.last_message;
             }
         }
         Ok((published, peers)) => {
             file.last_attempt_reached_server = true;
             file.last_error = None;
             file.published_through = Some(published.confirmed_seq);
+            file.published_last_message = published.last_message;
             for p in peers {
                 let in_sync = p.lag == 0 && p.refused.is_empty() && p.missing.is_none();
                 let entry = match file.peers.iter_mut().find(|s| s.device == p.device) {

@@ -18,7 +18,7 @@ pub mod wire;
 
 pub use config::{ConfigError, ReplicationConfig};
 pub use replicator::{
-    PeerReport, PublishReport, Refusal, ReplicationError, Replicator, CONFIRM_GROUP_BYTES,
-    CONFIRM_GROUP_EVENTS, FETCH_BATCH, GROUPED_FROM_EVENTS, MAX_IN_FLIGHT, MAX_PEERS, MAX_PENDING,
-    MAX_RECEIVE_PER_PEER, MAX_REFILL_LOOKUPS, PUBLISH_CHUNK_EVENTS,
+    Confirmed, PeerReport, PublishReport, Refusal, ReplicationError, Replicator,
+    CONFIRM_GROUP_BYTES, CONFIRM_GROUP_EVENTS, FETCH_BATCH, GROUPED_FROM_EVENTS, MAX_IN_FLIGHT,
+    MAX_PEERS, MAX_PENDING, MAX_RECEIVE_PER_PEER, MAX_REFILL_LOOKUPS, PUBLISH_CHUNK_EVENTS,
 };

@@ -178,6 +178,20 @@ pub struct PublishReport {
     /// Positions the stream already held when they were published (a
     /// pass resuming before what an interrupted one stored).
     pub already_in_stream: u64,
+    /// The stream sequence of this device's last message in the stream
+    /// when the pass ended (none when it holds none): the next pass's
+    /// [`Confirmed::last_message`].
+    pub last_message: Option<u64>,
+}
+
+/// What earlier passes confirmed of this device's log in the stream.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Confirmed {
+    /// The last position confirmed in order (every one before it too).
+    pub through: u64,
+    /// The stream sequence of this device's last message in the stream
+    /// when a pass that ended whole confirmed `through`.
+    pub last_message: Option<u64>,
 }
 
 /// A refused message.
@@ -399,15 +413,22 @@ impl Replicator {
         Ok(stream)
     }
 
-    /// The last position of `device` present in the stream.
+    /// The position carried by `device`'s last message in the stream.
     async fn stream_head(&self, device: &str) -> Result<Option<Position>, ReplicationError> {
+        Ok(self.stream_last(device).await?.map(|(p, _)| p))
+    }
+
+    /// `device`'s last message in the stream: the position it carries and
+    /// its stream sequence.
+    async fn stream_last(&self, device: &str) -> Result<Option<(Position, u64)>, ReplicationError> {
         let subject = wire::subject(&self.profile, device);
         match self.stream.get_last_raw_message_by_subject(&subject).await {
-            Ok(m) => Ok(Some(
+            Ok(m) => Ok(Some((
                 read_message(Some(&m.headers), &m.payload, device)
                     .map(|(p, _)| p)
                     .map_err(js("stream head"))?,
-            )),
+                m.sequence,
+            ))),
             Err(e) if e.kind() == stream::LastRawMessageErrorKind::NoMessageFound => Ok(None),
             Err(e) => Err(js("stream head")(e)),
         }
@@ -416,10 +437,14 @@ impl Replicator {
     /// Publishes this device's log after the last position the stream
     /// holds. Each position is decided by [`Release::of`]: whole, or a stub.
     ///
-    /// `confirmed_through` is the last position an earlier pass saw
-    /// acknowledged in order: a pass interrupted with publications in
-    /// flight can leave later positions stored and earlier ones lost, so
-    /// publishing resumes after it when it is behind what the stream holds.
+    /// `confirmed` is what earlier passes saw confirmed in order: a pass
+    /// interrupted with publications in flight can leave later positions
+    /// stored and earlier ones lost, so publishing resumes after it when it
+    /// is behind what the stream holds. When it is ahead (a position
+    /// published again after a loss was stored after later ones, or the
+    /// server lost its tail), publishing resumes after it only if the
+    /// stream's last message of this device is still the one seen when it
+    /// was confirmed; otherwise after that last message.
     ///
     /// Up to `GROUPED_FROM_EVENTS` positions are each published awaiting
     /// their acknowledgement. More go out without replies, in groups of at
@@ -429,10 +454,10 @@ impl Replicator {
     /// which halves what publishing costs this process and the server.
     pub async fn publish(
         &self,
-        confirmed_through: Option<u64>,
+        confirmed: Option<Confirmed>,
     ) -> Result<PublishReport, ReplicationError> {
         let mut report = PublishReport::default();
-        match self.publish_inner(confirmed_through, &mut report).await {
+        match self.publish_inner(confirmed, &mut report).await {
             Ok(()) => Ok(report),
             Err(e @ ReplicationError::Diverged { .. }) => Err(e),
             Err(e) => Err(ReplicationError::PublishInterrupted {
@@ -444,10 +469,12 @@ impl Replicator {
 
     async fn publish_inner(
         &self,
-        confirmed_through: Option<u64>,
+        confirmed: Option<Confirmed>,
         report: &mut PublishReport,
     ) -> Result<(), ReplicationError> {
-        let stream_resume = match self.stream_head(&self.device).await? {
+        let last = self.stream_last(&self.device).await?;
+        report.last_message = last.as_ref().map(|(_, s)| *s);
+        let stream_resume = match last.map(|(p, _)| p) {
             None => 1,
             Some(p) => {
                 let local = self
@@ -466,8 +493,15 @@ impl Replicator {
                 }
             }
         };
-        let resume = match confirmed_through {
-            Some(c) if c + 1 < stream_resume => c + 1,
+        let resume = match confirmed {
+            Some(c) if c.through + 1 < stream_resume => c.through + 1,
+            // The stream's last message of this device is an earlier
+            // position, and the very message it was when `through` was
+            // confirmed: nothing was lost since (a server losing its tail
+            // loses that message first).
+            Some(c) if report.last_message.is_some() && c.last_message == report.last_message => {
+                c.through + 1
+            }
             _ => stream_resume,
         };
         report.confirmed_seq = resume - 1;
@@ -559,6 +593,7 @@ impl Replicator {
         if !group.is_empty() {
             self.confirm_group(&subject, &group, held, report).await?;
         }
+        report.last_message = self.stream_last(&self.device).await?.map(|(_, s)| s);
         Ok(())
     }
 

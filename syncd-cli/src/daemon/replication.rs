@@ -86,10 +86,7 @@ fn run(shared: &Shared, home: &std::path::Path, config: &ReplicationConfig, stop
     runtime.block_on(async {
         let mut replicator: Option<Replicator> = None;
         let mut failures = 0u32;
-        let mut confirmed_through = core::PeersFile::load(home)
-            .ok()
-            .flatten()
-            .and_then(|f| f.published_through);
+        let mut confirmed = crate::cmd_sync::confirmed_by_earlier_passes(home);
         loop {
             if stop.load(Ordering::SeqCst) {
                 return;
@@ -108,7 +105,7 @@ fn run(shared: &Shared, home: &std::path::Path, config: &ReplicationConfig, stop
                     None => Replicator::connect(store.clone(), config).await?,
                 };
                 let outcome = async {
-                    let published = r.publish(confirmed_through).await?;
+                    let published = r.publish(confirmed).await?;
                     let peers = r.receive().await?;
                     Ok::<_, ReplicationError>((published, peers))
                 }
@@ -120,12 +117,8 @@ fn run(shared: &Shared, home: &std::path::Path, config: &ReplicationConfig, stop
                 outcome
             }
             .await;
-            match &result {
-                Ok((published, _)) => confirmed_through = Some(published.confirmed_seq),
-                Err(ReplicationError::PublishInterrupted { confirmed_seq, .. }) => {
-                    confirmed_through = Some(*confirmed_seq)
-                }
-                Err(_) => {}
+            if let Some(c) = crate::cmd_sync::confirmed_after(&result) {
+                confirmed = Some(c);
             }
             let now = store.now();
             if let Err(f) = crate::cmd_sync::record_observations(home, config, now, &result) {
