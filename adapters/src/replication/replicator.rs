@@ -40,6 +40,9 @@ pub const MAX_IN_FLIGHT: usize = 256;
 pub const CONFIRM_GROUP_EVENTS: usize = 4_096;
 /// Bytes of event bodies a group keeps for a republication at most.
 pub const CONFIRM_GROUP_BYTES: usize = 4 << 20;
+/// Positions read back at most when the stream is found to have lost
+/// confirmed ones (a bitmap of 2 MiB).
+pub const MAX_AUDITED_POSITIONS: u64 = 1 << 24;
 /// Publishing goes by groups when a pass has more positions to publish
 /// than this; fewer are each published awaiting their answer.
 pub const GROUPED_FROM_EVENTS: u64 = 64;
@@ -182,6 +185,9 @@ pub struct PublishReport {
     /// when the pass ended (none when it holds none): the next pass's
     /// [`Confirmed::last_message`].
     pub last_message: Option<u64>,
+    /// The first position the stream had confirmed and then lost (a server
+    /// that lost its tail): the pass published again from it.
+    pub restored_from: Option<u64>,
 }
 
 /// What earlier passes confirmed of this device's log in the stream.
@@ -493,7 +499,7 @@ impl Replicator {
                 }
             }
         };
-        let resume = match confirmed {
+        let mut resume = match confirmed {
             Some(c) if c.through + 1 < stream_resume => c.through + 1,
             // The stream's last message of this device is an earlier
             // position, and the very message it was when `through` was
@@ -504,8 +510,27 @@ impl Replicator {
             }
             _ => stream_resume,
         };
-        report.confirmed_seq = resume - 1;
         let (head, _) = self.store.head().map_err(ReplicationError::Store)?;
+        if let Some(c) = confirmed {
+            // That last message is gone: the stream lost or dropped
+            // messages since `through` was confirmed. Resuming after the
+            // last one it holds is not enough when positions were stored
+            // out of order (a group published again after a loss), so
+            // the first position it no longer holds is looked for.
+            if c.last_message.is_some() && c.last_message != report.last_message {
+                let through = c.through.min(head);
+                if let Some(first) = self.first_lost(through).await? {
+                    tracing::warn!(
+                        first,
+                        through,
+                        "the stream lost positions it had confirmed; publishing again from the first"
+                    );
+                    report.restored_from = Some(first);
+                    resume = resume.min(first);
+                }
+            }
+        }
+        report.confirmed_seq = resume - 1;
         if resume > head {
             return Ok(());
         }
@@ -595,6 +620,84 @@ impl Replicator {
         }
         report.last_message = self.stream_last(&self.device).await?.map(|(_, s)| s);
         Ok(())
+    }
+
+    /// The first position through `through` of this device's log that the
+    /// stream does not hold, if any: when it holds fewer messages of the
+    /// device than that, every one of them is read once (an ordered
+    /// consumer) to find it among the last `MAX_AUDITED_POSITIONS`.
+    async fn first_lost(&self, through: u64) -> Result<Option<u64>, ReplicationError> {
+        let subject = wire::subject(&self.profile, &self.device);
+        let held = self
+            .messages_of(&async_nats::Subject::from(subject.clone()))
+            .await?;
+        if through == 0 || held >= through {
+            return Ok(None);
+        }
+        if held == 0 {
+            return Ok(Some(1));
+        }
+        // A server loses its newest messages: the positions looked for are
+        // the last ones confirmed, at most MAX_AUDITED_POSITIONS of them.
+        let from = through.saturating_sub(MAX_AUDITED_POSITIONS - 1).max(1);
+        let words = usize::try_from((through - from) / 64 + 1)
+            .map_err(|_| ReplicationError::Store("the log is too long to audit".into()))?;
+        let mut seen = vec![0u64; words];
+        let audit = |e: String| ReplicationError::JetStream {
+            what: "audit of the stream",
+            reason: e,
+        };
+        let consumer = self
+            .stream
+            .create_consumer(consumer::pull::OrderedConfig {
+                filter_subject: subject,
+                deliver_policy: consumer::DeliverPolicy::All,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| audit(e.to_string()))?;
+        let mut messages = consumer
+            .messages()
+            .await
+            .map_err(|e| audit(e.to_string()))?;
+        loop {
+            let stall = Duration::from_millis(FETCH_STALL_MS);
+            let next = tokio::time::timeout(stall, messages.next())
+                .await
+                .map_err(|_| audit("the server stopped delivering".into()))?;
+            let Some(m) = next else { break };
+            let m = m.map_err(|e| audit(e.to_string()))?;
+            let pending = m.info().map_err(|e| audit(e.to_string()))?.pending;
+            // A message that cannot be read holds no position here.
+            if let Ok((p, _)) =
+                read_message(m.message.headers.as_ref(), &m.message.payload, &self.device)
+            {
+                if (from..=through).contains(&p.seq) {
+                    let (word, bit) = ((p.seq - from) / 64, (p.seq - from) % 64);
+                    if let Some(w) = usize::try_from(word).ok().and_then(|i| seen.get_mut(i)) {
+                        *w |= 1 << bit;
+                    }
+                }
+            }
+            if pending == 0 {
+                break;
+            }
+        }
+        let first = (from..=through).find(|q| {
+            usize::try_from((q - from) / 64)
+                .ok()
+                .and_then(|i| seen.get(i))
+                .is_none_or(|w| w & (1 << ((q - from) % 64)) == 0)
+        });
+        if first.is_none() {
+            tracing::warn!(
+                held,
+                through,
+                from,
+                "the stream holds fewer messages of this device than positions confirmed, yet every one audited is there"
+            );
+        }
+        Ok(first)
     }
 
     /// How many messages of `subject` the stream holds.
