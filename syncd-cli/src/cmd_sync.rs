@@ -303,6 +303,17 @@ fn render(r: &SyncReport, json: bool) -> Result<(), Failure> {
                 format!(" ({})", withheld.join(", "))
             }
         ))?;
+        if let Some(first) = p.restored_from {
+            out.line(&format!(
+                "the stream had lost events it confirmed, from event {first}: published again"
+            ))?;
+        }
+        if p.already_in_stream > 0 {
+            out.line(&format!(
+                "{} of them the stream already held",
+                p.already_in_stream
+            ))?;
+        }
     }
     for peer in &r.peers {
         out.line(&format!(
