@@ -33,22 +33,30 @@ pub enum ConfigFileError {
     },
 }
 
-impl ConfigFileError {
-    /// Becomes an owner's own error: `read` for a file that cannot be read,
-    /// `invalid` with the reason for one that is too large. Every owner
-    /// says the same thing the same way.
-    pub fn into_owner<E>(
-        self,
-        read: impl FnOnce(PathBuf, std::io::Error) -> E,
-        invalid: impl FnOnce(PathBuf, String) -> E,
-    ) -> E {
-        match self {
-            ConfigFileError::Read { path, source } => read(path, source),
-            ConfigFileError::TooLarge { path, bytes } => {
-                invalid(path, format!("{bytes} bytes; at most {MAX_CONFIG_BYTES}"))
-            }
+/// Reads the settings file `name` under `home` and parses its text with
+/// `parse`; no such file is `T::default()`. Errors become the owner's own,
+/// so that every owner says the same thing the same way: `read` for a
+/// file that cannot be read, `invalid` (naming the file) for one too large
+/// or whose text `parse` refuses.
+pub fn load_settings<T: Default, E>(
+    home: &Path,
+    name: &str,
+    parse: impl FnOnce(&str) -> Result<T, String>,
+    read: impl FnOnce(PathBuf, std::io::Error) -> E,
+    invalid: impl FnOnce(PathBuf, String) -> E,
+) -> Result<T, E> {
+    let text = match read_config_file(home, name) {
+        Ok(None) => return Ok(T::default()),
+        Ok(Some(text)) => text,
+        Err(ConfigFileError::Read { path, source }) => return Err(read(path, source)),
+        Err(ConfigFileError::TooLarge { path, bytes }) => {
+            return Err(invalid(
+                path,
+                format!("{bytes} bytes; at most {MAX_CONFIG_BYTES}"),
+            ))
         }
-    }
+    };
+    parse(&text).map_err(|reason| invalid(home.join(name), reason))
 }
 
 /// The text of the settings file `name` under `home`; `None` when there is
@@ -95,7 +103,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn missing_is_none_large_is_refused_and_text_is_read() {
+    fn missing_is_the_default_large_or_refused_text_is_the_owners_error() {
         let dir = tempfile::tempdir().unwrap();
         assert!(read_config_file(dir.path(), CONFIG_FILE).unwrap().is_none());
         std::fs::write(dir.path().join(CONFIG_FILE), "[orphans]\n").unwrap();
@@ -111,12 +119,38 @@ mod tests {
         assert!(
             matches!(e, ConfigFileError::TooLarge { bytes, .. } if bytes == MAX_CONFIG_BYTES + 1)
         );
-        let (path, reason) = e.into_owner(|p, _| (p, String::new()), |p, r| (p, r));
+        type Owned = Result<usize, (PathBuf, String)>;
+        let load = |home: &Path| -> Owned {
+            load_settings(
+                home,
+                CONFIG_FILE,
+                |t| {
+                    if t.starts_with('x') {
+                        Err("no x".into())
+                    } else {
+                        Ok(t.len())
+                    }
+                },
+                |p, e| (p, e.to_string()),
+                |p, r| (p, r),
+            )
+        };
+        let (path, reason) = load(dir.path()).unwrap_err();
         assert_eq!(path, dir.path().join(CONFIG_FILE));
         assert_eq!(
             reason,
             format!("{} bytes; at most {MAX_CONFIG_BYTES}", MAX_CONFIG_BYTES + 1)
         );
+        std::fs::write(dir.path().join(CONFIG_FILE), "x").unwrap();
+        assert_eq!(
+            load(dir.path()),
+            Err((dir.path().join(CONFIG_FILE), "no x".into()))
+        );
+        std::fs::write(dir.path().join(CONFIG_FILE), "abc").unwrap();
+        assert_eq!(load(dir.path()), Ok(3));
+        std::fs::remove_file(dir.path().join(CONFIG_FILE)).unwrap();
+        assert_eq!(load(dir.path()), Ok(0));
+        std::fs::write(dir.path().join(CONFIG_FILE), "abc").unwrap();
         // A directory where the file should be cannot be read as text.
         std::fs::remove_file(dir.path().join(CONFIG_FILE)).unwrap();
         std::fs::create_dir(dir.path().join(CONFIG_FILE)).unwrap();
@@ -124,5 +158,7 @@ mod tests {
             read_config_file(dir.path(), CONFIG_FILE),
             Err(ConfigFileError::Read { .. })
         ));
+        let (path, _) = load(dir.path()).unwrap_err();
+        assert_eq!(path, dir.path().join(CONFIG_FILE));
     }
 }

@@ -56,7 +56,7 @@ pub use clock::{
     Clock, CountingIdGenerator, IdGenerator, SteppingClock, SystemClock, UuidV7Generator,
 };
 pub use codec::{DecodeError, EncodeError};
-pub use config::{read_config_file, ConfigFileError, CONFIG_FILE, MAX_CONFIG_BYTES};
+pub use config::{load_settings, read_config_file, ConfigFileError, CONFIG_FILE, MAX_CONFIG_BYTES};
 pub use contract::{
     choose as choose_schema, schema_info, validate_document, Checked, ContractError, SchemaInfo,
     SetRules, Violation, MAX_SET_DOCUMENTS, MAX_VIOLATIONS, SCHEMAS,

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 
-use crate::config::read_config_file;
+use crate::config::load_settings;
 
 /// The daemon's configuration file in the home.
 pub const DAEMON_CONFIG_FILE: &str = "daemon.toml";
@@ -185,19 +185,13 @@ fn provider(what: &str, home: &Path, p: Option<ProviderFile>) -> Result<Option<P
 impl DaemonConfig {
     /// Reads `HOME/daemon.toml`; a missing file is the default (local-only).
     pub fn load(home: &Path) -> Result<Self, ConfigError> {
-        let read = read_config_file(home, DAEMON_CONFIG_FILE).map_err(|e| {
-            e.into_owner(
-                |path, source| ConfigError::Read { path, source },
-                |path, reason| ConfigError::Invalid { path, reason },
-            )
-        })?;
-        let Some(text) = read else {
-            return Ok(Self::default());
-        };
-        Self::parse(home, &text).map_err(|reason| ConfigError::Invalid {
-            path: home.join(DAEMON_CONFIG_FILE),
-            reason,
-        })
+        load_settings(
+            home,
+            DAEMON_CONFIG_FILE,
+            |text| Self::parse(home, text),
+            |path, source| ConfigError::Read { path, source },
+            |path, reason| ConfigError::Invalid { path, reason },
+        )
     }
 
     /// Parses configuration text; relative provider files are under `home`.

@@ -29,7 +29,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::{read_config_file, CONFIG_FILE};
+use crate::config::{load_settings, CONFIG_FILE};
 use crate::event::{EventDraft, Payload};
 use crate::ids::{ActorId, EventKind, IdempotencyKey, Timestamp};
 use crate::projection::sessions::{
@@ -131,19 +131,13 @@ impl OrphanConfig {
     /// Loads `HOME/config.toml`; a missing file (or section, or key) is
     /// the default.
     pub fn load(home: &Path) -> Result<Self, SessionDagError> {
-        let read = read_config_file(home, CONFIG_FILE).map_err(|e| {
-            e.into_owner(
-                |path, source| SessionDagError::ConfigRead { path, source },
-                |path, reason| SessionDagError::ConfigInvalid { path, reason },
-            )
-        })?;
-        let Some(text) = read else {
-            return Ok(Self::default());
-        };
-        Self::parse(&text).map_err(|reason| SessionDagError::ConfigInvalid {
-            path: home.join(CONFIG_FILE),
-            reason,
-        })
+        load_settings(
+            home,
+            CONFIG_FILE,
+            Self::parse,
+            |path, source| SessionDagError::ConfigRead { path, source },
+            |path, reason| SessionDagError::ConfigInvalid { path, reason },
+        )
     }
 
     /// Parses configuration text (other sections are left to their owners).

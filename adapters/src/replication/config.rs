@@ -167,20 +167,13 @@ impl ReplicationConfig {
     /// Loads the `[replication]` section of `HOME/config.toml`; a missing
     /// file or section is the default (replication off).
     pub fn load(home: &Path) -> Result<Self, ConfigError> {
-        let read =
-            sourceos_syncd::read_config_file(home, sourceos_syncd::CONFIG_FILE).map_err(|e| {
-                e.into_owner(
-                    |path, source| ConfigError::Read { path, source },
-                    |path, reason| ConfigError::Invalid { path, reason },
-                )
-            })?;
-        let Some(text) = read else {
-            return Ok(Self::default());
-        };
-        let mut c = Self::parse(&text).map_err(|reason| ConfigError::Invalid {
-            path: home.join(sourceos_syncd::CONFIG_FILE),
-            reason,
-        })?;
+        let mut c = sourceos_syncd::load_settings(
+            home,
+            sourceos_syncd::CONFIG_FILE,
+            Self::parse,
+            |path, source| ConfigError::Read { path, source },
+            |path, reason| ConfigError::Invalid { path, reason },
+        )?;
         c.resolve_under(home);
         Ok(c)
     }
