@@ -135,6 +135,10 @@ pub(crate) fn record_observations(
     let at = now.to_string();
     file.last_attempt_at = Some(at.clone());
     file.stale_after_seconds = config.stale_after_seconds;
+    if let Some(c) = confirmed_after(result) {
+        file.published_through = Some(c.through);
+        file.published_last_message = c.last_message;
+    }
     match result {
         Err(e @ ReplicationError::Unreachable { .. }) => {
             file.last_attempt_reached_server = false;
@@ -143,16 +147,10 @@ pub(crate) fn record_observations(
         Err(e) => {
             file.last_attempt_reached_server = true;
             file.last_error = Some(crate::chain(e));
-            if let Some(c) = confirmed_after(result) {
-                file.published_through = Some(c.through);
-                file.published_last_message = c.last_message;
-            }
         }
-        Ok((published, peers)) => {
+        Ok((_, peers)) => {
             file.last_attempt_reached_server = true;
             file.last_error = None;
-            file.published_through = Some(published.confirmed_seq);
-            file.published_last_message = published.last_message;
             for p in peers {
                 let in_sync = p.lag == 0 && p.refused.is_empty() && p.missing.is_none();
                 let entry = match file.peers.iter_mut().find(|s| s.device == p.device) {
